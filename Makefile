@@ -1,0 +1,27 @@
+# Two commands for a fresh clone: `make test` and `make bench`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: test bench lint clean
+
+$(INSTALLED): pyproject.toml setup.py $(wildcard src_ext/*.pyx src_ext/*.pxd)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --editable '.[test]'
+	touch $@
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest
+
+bench: $(INSTALLED)
+	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-columns=median,iqr,rounds --benchmark-sort=name
+
+lint: $(INSTALLED)
+	$(BIN)/python -m mypy
+	$(BIN)/python -m ruff check spark tests benchmarks
+	$(BIN)/python -m ruff format --check spark tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info spark/nodes/*.so src_ext/*.c

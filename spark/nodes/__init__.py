@@ -1,0 +1,1 @@
+"""Nodes and their channels; see ``spark.nodes.channels``."""

@@ -1,0 +1,341 @@
+"""What every channel shares, whichever build implements it.
+
+`BaseChannel` is the interface users subclass for their own backends;
+`ChannelClosed`, `ChannelStats` and the observer plumbing are used by the
+pure and the compiled builds alike, so both report the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from itertools import count
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    from ._channels_py import ChannelMessage
+
+__all__ = [
+    "BaseChannel",
+    "ChannelClosed",
+    "ChannelStats",
+    "ObserverCallable",
+]
+
+logger = logging.getLogger("spark.channels")
+
+ObserverCallable = Callable[
+    ["ChannelMessage[Any]", "BaseChannel", str], Union[None, Awaitable[None]]
+]
+"""``observer(message, channel, phase)``; phase is ``"send"`` or ``"receive"``.
+
+It may return an awaitable, which the channel awaits (or schedules, from the
+``*_nowait`` methods)."""
+
+
+class ChannelClosed(Exception):
+    """The channel is closed: nothing more can be sent, and it has been drained.
+
+    Raised by ``send``/``send_nowait`` once ``close()`` was called, and by
+    ``receive``/``receive_nowait`` once the channel is closed and empty.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStats:
+    """A snapshot of a channel's counters, taken by ``stats()``."""
+
+    sent: int
+    """Messages accepted by the channel since it was created."""
+    received: int
+    """Messages handed to receivers since it was created."""
+    size: int
+    """Messages buffered now."""
+    peak_size: int
+    """The most messages ever buffered at once."""
+    maxsize: int
+    """The bound on buffered messages; 0 means unbounded."""
+    senders_waiting: int
+    """Tasks blocked in ``send`` because the channel is full."""
+    receivers_waiting: int
+    """Tasks blocked in ``receive`` because the channel is empty."""
+    closed: bool
+    """Whether ``close()`` has been called."""
+
+
+_names = count(1)
+
+
+def default_channel_name() -> str:
+    """A process-unique name for a channel created without one."""
+    return f"channel-{next(_names)}"
+
+
+def check_name(name: object) -> str:
+    if name is None:
+        return default_channel_name()
+    if not isinstance(name, str):
+        raise TypeError(f"channel name must be a str or None, got {type(name).__name__}")
+    return name
+
+
+def check_observers(observers: Iterable[ObserverCallable] | None) -> list[ObserverCallable]:
+    if observers is None:
+        return []
+    if callable(observers):
+        raise TypeError("observers must be an iterable of callables; wrap a single observer in a list")
+    checked = list(observers)
+    for observer in checked:
+        check_observer(observer)
+    return checked
+
+
+def check_observer(observer: object) -> None:
+    if not callable(observer):
+        raise TypeError(
+            f"an observer must be callable as observer(message, channel, phase), got {observer!r}"
+        )
+
+
+def report_observer_error(channel: BaseChannel, phase: str, observer: object) -> None:
+    """Log the exception being handled as a failure of ``observer``; never raises."""
+    logger.exception(
+        "observer %r failed on channel %r during %r; the message was not affected",
+        observer,
+        channel.name,
+        phase,
+    )
+
+
+# Awaitables returned by observers from the *_nowait methods run as tasks;
+# this set keeps each one alive until it is done.
+_background: set[asyncio.Future[Any]] = set()
+
+
+def schedule_observer_awaitable(
+    channel: BaseChannel, phase: str, observer: object, awaitable: Awaitable[Any]
+) -> None:
+    """Run an observer's awaitable on the running loop without waiting for it."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        close = getattr(awaitable, "close", None)
+        if close is not None:
+            close()
+        warnings.warn(
+            f"observer {observer!r} on channel {channel.name!r} returned an awaitable "
+            f"during {phase!r} outside a running event loop; it was closed without running. "
+            "Call send_nowait/receive_nowait from a coroutine, or use a synchronous observer.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return
+    future = asyncio.ensure_future(awaitable, loop=loop)
+    _background.add(future)
+
+    def done(fut: asyncio.Future[Any]) -> None:
+        _background.discard(fut)
+        if fut.cancelled():
+            return
+        error = fut.exception()
+        if error is not None and isinstance(error, Exception):
+            logger.error(
+                "observer %r failed on channel %r during %r; the message was not affected",
+                observer,
+                channel.name,
+                phase,
+                exc_info=error,
+            )
+
+    future.add_done_callback(done)
+
+
+def check_max_items(max_items: object) -> int:
+    if not isinstance(max_items, int) or isinstance(max_items, bool):
+        raise TypeError(f"max_items must be an int, got {type(max_items).__name__}")
+    if max_items < 1:
+        raise ValueError(f"max_items must be at least 1, got {max_items}")
+    return max_items
+
+
+def check_maxsize(maxsize: object) -> int:
+    if not isinstance(maxsize, int) or isinstance(maxsize, bool):
+        raise TypeError(f"maxsize must be an int, got {type(maxsize).__name__}")
+    if maxsize < 0:
+        raise ValueError(f"maxsize must be >= 0 (0 means unbounded), got {maxsize}")
+    return maxsize
+
+
+message_types: tuple[type, ...] = ()
+"""Every envelope class a channel accepts: each build registers its ChannelMessage."""
+
+
+def register_message_type(cls: type) -> None:
+    global message_types
+    if cls not in message_types:
+        message_types = (*message_types, cls)
+
+
+def not_a_message(message: object) -> TypeError:
+    return TypeError(
+        f"channels carry ChannelMessage envelopes, got {type(message).__name__}; "
+        "wrap the value: ChannelMessage(payload=value)"
+    )
+
+
+class BaseChannel(ABC):
+    """The interface of every channel: in memory, forwarding, or a custom backend.
+
+    A subclass implements ``send``, ``receive``, ``empty`` and ``close``; every
+    other method has a working default built on those (``send_nowait`` and
+    ``receive_nowait`` raise ``NotImplementedError`` unless overridden).
+    Observers registered here are available to the subclass through
+    ``observers``.
+    """
+
+    __slots__ = ("_name", "_observers", "_closed")
+
+    def __init__(
+        self,
+        name: str | None = None,
+        observers: Iterable[ObserverCallable] | None = None,
+    ) -> None:
+        self._name = check_name(name)
+        self._observers = check_observers(observers)
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        """The channel's name, used in logs and by observers."""
+        return self._name
+
+    @property
+    def observers(self) -> tuple[ObserverCallable, ...]:
+        """The registered observers, in the order they are called."""
+        return tuple(self._observers)
+
+    def add_observer(self, observer: ObserverCallable) -> None:
+        """Call ``observer`` for every later send and receive, after those already registered."""
+        check_observer(observer)
+        self._observers = [*self._observers, observer]
+
+    def remove_observer(self, observer: ObserverCallable) -> None:
+        """Stop calling ``observer``; raises ``ValueError`` if it is not registered."""
+        observers = list(self._observers)
+        try:
+            observers.remove(observer)
+        except ValueError:
+            raise ValueError(f"{observer!r} is not an observer of channel {self._name!r}") from None
+        self._observers = observers
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` has been called."""
+        return self._closed
+
+    @property
+    def maxsize(self) -> int:
+        """The bound on buffered messages; 0 means unbounded."""
+        return 0
+
+    @abstractmethod
+    async def send(self, message: ChannelMessage[Any]) -> None:
+        """Enqueue ``message``, waiting for room if the channel is full."""
+
+    def send_nowait(self, message: ChannelMessage[Any]) -> None:
+        """Enqueue ``message`` at once, or raise ``asyncio.QueueFull``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not support send_nowait; use 'await channel.send(message)'"
+        )
+
+    async def send_many(self, messages: Iterable[ChannelMessage[Any]]) -> None:
+        """Send each message in order, waiting for room as needed.
+
+        If the channel closes part-way, the messages before the failing one
+        stay sent and ``ChannelClosed`` is raised.
+        """
+        for message in messages:
+            await self.send(message)
+
+    @abstractmethod
+    async def receive(self) -> ChannelMessage[Any]:
+        """Return the next message, waiting for one if the channel is empty.
+
+        Raises ``ChannelClosed`` once the channel is closed and drained.
+        """
+
+    def receive_nowait(self) -> ChannelMessage[Any]:
+        """Return the next message at once, or raise ``asyncio.QueueEmpty``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not support receive_nowait; use 'await channel.receive()'"
+        )
+
+    async def receive_many(self, max_items: int) -> list[ChannelMessage[Any]]:
+        """Wait for at least one message, then return up to ``max_items`` in order."""
+        check_max_items(max_items)
+        batch = [await self.receive()]
+        while len(batch) < max_items:
+            try:
+                batch.append(self.receive_nowait())
+            except (asyncio.QueueEmpty, ChannelClosed, NotImplementedError):
+                break
+        return batch
+
+    @abstractmethod
+    def empty(self) -> bool:
+        """Whether no message is ready to be received."""
+
+    def full(self) -> bool:
+        """Whether a send would have to wait."""
+        return False
+
+    def qsize(self) -> int:
+        """How many messages are buffered."""
+        raise NotImplementedError(f"{type(self).__name__} does not report its size")
+
+    def close(self) -> None:
+        """Refuse further sends; what is buffered can still be received."""
+        self._closed = True
+
+    def stats(self) -> ChannelStats:
+        """A snapshot of the channel's counters."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep statistics")
+
+    async def _notify_observers(self, message: ChannelMessage[Any], phase: str) -> None:
+        """Call every observer in order, awaiting what it returns; failures are logged."""
+        for observer in self._observers:
+            try:
+                result = observer(message, self, phase)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except Exception:
+                report_observer_error(self, phase, observer)
+
+    def _notify_observers_nowait(self, message: ChannelMessage[Any], phase: str) -> None:
+        """Call every observer in order, scheduling what it returns on the running loop."""
+        for observer in self._observers:
+            try:
+                result = observer(message, self, phase)
+            except Exception:
+                report_observer_error(self, phase, observer)
+                continue
+            if result is not None and inspect.isawaitable(result):
+                schedule_observer_awaitable(self, phase, observer, result)
+
+    def __aiter__(self) -> AsyncIterator[ChannelMessage[Any]]:
+        return self
+
+    async def __anext__(self) -> ChannelMessage[Any]:
+        try:
+            return await self.receive()
+        except ChannelClosed:
+            raise StopAsyncIteration from None
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<{type(self).__name__} {self.name!r} {state}>"

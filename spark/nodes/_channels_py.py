@@ -1,0 +1,474 @@
+"""The pure-Python build of the channels: the reference for the compiled one.
+
+Both builds keep the same state and follow the same steps, so they behave
+identically; ``spark.nodes.channels`` picks one of them.
+
+How an ``InMemoryChannel`` works: messages wait in a deque; blocked receivers
+and blocked senders wait on futures in two FIFO deques. Waking a waiter
+*promises* it something: a buffered message to a receiver, a free slot to a
+sender. The promise is counted (``_receivers_woken``, ``_senders_woken``)
+so that nobody arriving later can take it, which makes both sides first
+come, first served. A woken waiter that is cancelled before it runs hands
+its promise to the next waiter, so a wake-up is never lost and a message is
+never lost or taken twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from . import _channel_base as _base
+from ._channel_base import (
+    BaseChannel,
+    ChannelClosed,
+    ChannelStats,
+    ObserverCallable,
+    check_max_items,
+    check_maxsize,
+    not_a_message,
+    register_message_type,
+)
+
+__all__ = ["ChannelMessage", "ForwardingChannel", "InMemoryChannel"]
+
+T = TypeVar("T")
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+_MISSING: Any = _Missing()
+
+
+@dataclass(slots=True)
+class ChannelMessage(Generic[T]):
+    """The envelope every channel carries.
+
+    ``payload`` is the application's data; ``metadata`` carries tracing and
+    routing information; ``ack``, when set, is awaited by the receiver once
+    the message is handled; ``is_shutdown`` asks the receiver to stop.
+    A message without ``ack`` can be pickled.
+    """
+
+    payload: T
+    metadata: dict[str, Any] = field(default_factory=dict)
+    ack: Callable[[], Awaitable[None]] | None = None
+    is_shutdown: bool = False
+
+    def clone(
+        self,
+        *,
+        payload: Any = _MISSING,
+        metadata: Mapping[str, Any] | None = None,
+        ack: Callable[[], Awaitable[None]] | None = _MISSING,
+        is_shutdown: bool = _MISSING,
+    ) -> ChannelMessage[Any]:
+        """A new message with the given fields replaced.
+
+        ``metadata`` is merged: the clone has this message's keys plus the
+        given ones, the given ones winning. Neither this message nor its
+        metadata dict is changed.
+        """
+        merged = dict(self.metadata)
+        if metadata:
+            merged.update(metadata)
+        return ChannelMessage(
+            self.payload if payload is _MISSING else payload,
+            merged,
+            self.ack if ack is _MISSING else ack,
+            self.is_shutdown if is_shutdown is _MISSING else is_shutdown,
+        )
+
+
+register_message_type(ChannelMessage)
+
+
+class InMemoryChannel(BaseChannel):
+    """A channel inside one event loop, unbounded or bounded by ``maxsize``.
+
+    Guarantees:
+
+    * Messages are received in the order they were sent. Blocked senders
+      are served in the order they blocked, and so are blocked receivers.
+    * A cancelled ``send`` has not enqueued its message; a cancelled
+      ``receive`` has not taken one. Nothing is lost or duplicated.
+    * ``close()`` wakes every blocked sender with ``ChannelClosed`` (their
+      messages are not enqueued); receivers drain what is buffered, then get
+      ``ChannelClosed``.
+    * Observers run after each enqueue (``"send"``) and each dequeue
+      (``"receive"``), in registration order; their errors are logged on the
+      ``spark.channels`` logger and never reach the caller.
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_maxsize",
+        "_receivers",
+        "_senders",
+        "_receivers_woken",
+        "_senders_woken",
+        "_sent",
+        "_received",
+        "_peak_size",
+    )
+
+    def __init__(
+        self,
+        name: str | None = None,
+        maxsize: int = 0,
+        observers: Iterable[ObserverCallable] | None = None,
+    ) -> None:
+        super().__init__(name, observers)
+        self._maxsize = check_maxsize(maxsize)
+        self._buffer: deque[ChannelMessage[Any]] = deque()
+        # Futures of blocked tasks, oldest first. A future's result is True
+        # when it was woken with a promise, False when woken by close().
+        self._receivers: deque[asyncio.Future[bool]] = deque()
+        self._senders: deque[asyncio.Future[bool]] = deque()
+        # Buffered messages promised to woken receivers that have not run yet.
+        self._receivers_woken = 0
+        # Free slots promised to woken senders that have not run yet.
+        self._senders_woken = 0
+        self._sent = 0
+        self._received = 0
+        self._peak_size = 0
+
+    # -- sending ---------------------------------------------------------
+
+    async def send(self, message: ChannelMessage[Any]) -> None:
+        """Enqueue ``message``, waiting while the channel is full.
+
+        Raises ``ChannelClosed`` if the channel is closed before the message
+        is enqueued. If cancelled while waiting, the message is not enqueued.
+        """
+        if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
+            raise not_a_message(message)
+        if self._closed:
+            raise self._closed_error()
+        maxsize = self._maxsize
+        if maxsize and len(self._buffer) + self._senders_woken >= maxsize:
+            await self._wait_for_room()
+        buffer = self._buffer
+        buffer.append(message)
+        self._sent += 1
+        if len(buffer) > self._peak_size:
+            self._peak_size = len(buffer)
+        if self._receivers:
+            self._wake_receivers()
+        if self._observers:
+            await self._notify_observers(message, "send")
+
+    def send_nowait(self, message: ChannelMessage[Any]) -> None:
+        """Enqueue ``message`` now, or raise ``asyncio.QueueFull``.
+
+        Works from synchronous code; an awaitable returned by an observer is
+        scheduled on the running loop (see the README).
+        """
+        if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
+            raise not_a_message(message)
+        if self._closed:
+            raise self._closed_error()
+        buffer = self._buffer
+        maxsize = self._maxsize
+        if maxsize and len(buffer) + self._senders_woken >= maxsize:
+            raise asyncio.QueueFull
+        buffer.append(message)
+        self._sent += 1
+        if len(buffer) > self._peak_size:
+            self._peak_size = len(buffer)
+        if self._receivers:
+            self._wake_receivers()
+        if self._observers:
+            self._notify_observers_nowait(message, "send")
+
+    async def _wait_for_room(self) -> None:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._senders.append(future)
+        try:
+            promised = await future
+        except BaseException:
+            if future.done() and not future.cancelled() and future.result():
+                self._senders_woken -= 1
+                self._wake_senders()
+            else:
+                _discard(self._senders, future)
+            raise
+        if promised:
+            self._senders_woken -= 1
+        if not promised or self._closed:
+            raise self._closed_error()
+
+    def _wake_senders(self) -> None:
+        """Promise each free slot to the oldest blocked sender."""
+        senders = self._senders
+        while senders and len(self._buffer) + self._senders_woken < self._maxsize:
+            future = senders.popleft()
+            if not future.done():
+                future.set_result(True)
+                self._senders_woken += 1
+
+    # -- receiving -------------------------------------------------------
+
+    async def receive(self) -> ChannelMessage[Any]:
+        """Return the next message, waiting while the channel is empty.
+
+        Raises ``ChannelClosed`` once the channel is closed and drained. If
+        cancelled, no message was taken.
+        """
+        if len(self._buffer) > self._receivers_woken:
+            message = self._buffer.popleft()
+        else:
+            message = await self._wait_for_message()
+        self._received += 1
+        if self._senders:
+            self._wake_senders()
+        if self._observers:
+            await self._notify_observers(message, "receive")
+        return message
+
+    def receive_nowait(self) -> ChannelMessage[Any]:
+        """Return the next message now, or raise ``asyncio.QueueEmpty``.
+
+        Raises ``ChannelClosed`` instead once the channel is closed and drained.
+        """
+        if len(self._buffer) <= self._receivers_woken:
+            if self._closed:
+                raise self._closed_error()
+            raise asyncio.QueueEmpty
+        message = self._buffer.popleft()
+        self._received += 1
+        if self._senders:
+            self._wake_senders()
+        if self._observers:
+            self._notify_observers_nowait(message, "receive")
+        return message
+
+    async def receive_many(self, max_items: int) -> list[ChannelMessage[Any]]:
+        """Wait for at least one message, then return up to ``max_items``, in order."""
+        check_max_items(max_items)
+        buffer = self._buffer
+        if len(buffer) > self._receivers_woken:
+            batch = [buffer.popleft()]
+        else:
+            batch = [await self._wait_for_message()]
+        for _ in range(min(max_items - 1, len(buffer) - self._receivers_woken)):
+            batch.append(buffer.popleft())
+        self._received += len(batch)
+        if self._senders:
+            self._wake_senders()
+        if self._observers:
+            for message in batch:
+                await self._notify_observers(message, "receive")
+        return batch
+
+    async def _wait_for_message(self) -> ChannelMessage[Any]:
+        if self._closed:
+            raise self._closed_error()
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._receivers.append(future)
+        try:
+            promised = await future
+        except BaseException:
+            if future.done() and not future.cancelled() and future.result():
+                self._receivers_woken -= 1
+                self._wake_receivers()
+            else:
+                _discard(self._receivers, future)
+            raise
+        if not promised:
+            raise self._closed_error()
+        self._receivers_woken -= 1
+        return self._buffer.popleft()
+
+    def _wake_receivers(self) -> None:
+        """Promise each unpromised buffered message to the oldest blocked receiver."""
+        receivers = self._receivers
+        while receivers and len(self._buffer) > self._receivers_woken:
+            future = receivers.popleft()
+            if not future.done():
+                future.set_result(True)
+                self._receivers_woken += 1
+
+    # -- state -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Refuse further sends and wake every blocked task.
+
+        Blocked senders get ``ChannelClosed``; blocked receivers get
+        ``ChannelClosed`` (nothing is buffered for them). Buffered messages
+        can still be received. Calling it again does nothing.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for waiters in (self._receivers, self._senders):
+            while waiters:
+                future = waiters.popleft()
+                if not future.done():
+                    future.set_result(False)
+
+    @property
+    def maxsize(self) -> int:
+        """The bound on buffered messages; 0 means unbounded."""
+        return self._maxsize
+
+    def qsize(self) -> int:
+        """How many messages are buffered."""
+        return len(self._buffer)
+
+    def empty(self) -> bool:
+        """Whether a new ``receive`` would have to wait."""
+        return len(self._buffer) <= self._receivers_woken
+
+    def full(self) -> bool:
+        """Whether a new ``send`` would have to wait."""
+        return bool(self._maxsize) and len(self._buffer) + self._senders_woken >= self._maxsize
+
+    def stats(self) -> ChannelStats:
+        """A snapshot of the channel's counters."""
+        return ChannelStats(
+            sent=self._sent,
+            received=self._received,
+            size=len(self._buffer),
+            peak_size=self._peak_size,
+            maxsize=self._maxsize,
+            senders_waiting=_count_pending(self._senders),
+            receivers_waiting=_count_pending(self._receivers),
+            closed=self._closed,
+        )
+
+    def _closed_error(self) -> ChannelClosed:
+        return ChannelClosed(f"channel {self._name!r} is closed")
+
+
+class ForwardingChannel(BaseChannel):
+    """A named entry into another channel that adds default metadata.
+
+    Each message sent through it reaches ``downstream`` as a copy whose
+    metadata is ``metadata_defaults`` overlaid with the message's own
+    metadata (the message's keys win); ``ack`` and ``is_shutdown`` are kept.
+    Without defaults the message passes unchanged. Receiving, ``empty()``
+    and the size queries are those of ``downstream``.
+
+    Closing a forwarder stops sends through it only; ``downstream`` stays
+    open, since other senders (other edges) may share it.
+    """
+
+    __slots__ = ("_downstream", "_defaults")
+
+    def __init__(
+        self,
+        downstream: BaseChannel,
+        name: str | None = None,
+        metadata_defaults: Mapping[str, Any] | None = None,
+        observers: Iterable[ObserverCallable] | None = None,
+    ) -> None:
+        if not isinstance(downstream, BaseChannel):
+            raise TypeError(
+                f"downstream must be a channel (a BaseChannel), got {type(downstream).__name__}"
+            )
+        if metadata_defaults is not None and not isinstance(metadata_defaults, Mapping):
+            raise TypeError(
+                f"metadata_defaults must be a mapping, got {type(metadata_defaults).__name__}"
+            )
+        super().__init__(f"forward:{downstream.name}" if name is None else name, observers)
+        self._downstream = downstream
+        self._defaults = dict(metadata_defaults) if metadata_defaults else None
+
+    @property
+    def downstream(self) -> BaseChannel:
+        """The channel that receives what is sent here."""
+        return self._downstream
+
+    @property
+    def metadata_defaults(self) -> dict[str, Any]:
+        """A copy of the metadata added to each message."""
+        return dict(self._defaults or {})
+
+    def _enrich(self, message: ChannelMessage[Any]) -> ChannelMessage[Any]:
+        if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
+            raise not_a_message(message)
+        if self._closed:
+            raise ChannelClosed(f"forwarding channel {self._name!r} is closed")
+        defaults = self._defaults
+        if defaults is None:
+            return message
+        metadata = message.metadata
+        return ChannelMessage(
+            message.payload,
+            {**defaults, **metadata} if metadata else defaults.copy(),
+            message.ack,
+            message.is_shutdown,
+        )
+
+    async def send(self, message: ChannelMessage[Any]) -> None:
+        """Send the enriched message to ``downstream``, waiting while it is full."""
+        enriched = self._enrich(message)
+        await self._downstream.send(enriched)
+        if self._observers:
+            await self._notify_observers(enriched, "send")
+
+    def send_nowait(self, message: ChannelMessage[Any]) -> None:
+        """Send the enriched message to ``downstream`` now, or raise ``asyncio.QueueFull``."""
+        enriched = self._enrich(message)
+        self._downstream.send_nowait(enriched)
+        if self._observers:
+            self._notify_observers_nowait(enriched, "send")
+
+    async def receive(self) -> ChannelMessage[Any]:
+        """Receive from ``downstream``."""
+        message = await self._downstream.receive()
+        if self._observers:
+            await self._notify_observers(message, "receive")
+        return message
+
+    def receive_nowait(self) -> ChannelMessage[Any]:
+        """Receive from ``downstream`` now, or raise ``asyncio.QueueEmpty``."""
+        message = self._downstream.receive_nowait()
+        if self._observers:
+            self._notify_observers_nowait(message, "receive")
+        return message
+
+    async def receive_many(self, max_items: int) -> list[ChannelMessage[Any]]:
+        """Receive up to ``max_items`` from ``downstream``, waiting for at least one."""
+        batch = await self._downstream.receive_many(max_items)
+        if self._observers:
+            for message in batch:
+                await self._notify_observers(message, "receive")
+        return batch
+
+    @property
+    def maxsize(self) -> int:
+        return self._downstream.maxsize
+
+    def qsize(self) -> int:
+        return self._downstream.qsize()
+
+    def empty(self) -> bool:
+        return self._downstream.empty()
+
+    def full(self) -> bool:
+        return self._downstream.full()
+
+    def stats(self) -> ChannelStats:
+        """The statistics of ``downstream``."""
+        return self._downstream.stats()
+
+
+def _discard(waiters: deque[asyncio.Future[bool]], future: asyncio.Future[bool]) -> None:
+    try:
+        waiters.remove(future)
+    except ValueError:
+        pass
+
+
+def _count_pending(waiters: deque[asyncio.Future[bool]]) -> int:
+    return sum(1 for future in waiters if not future.done())

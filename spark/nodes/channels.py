@@ -1,0 +1,49 @@
+"""Channels: asynchronous message passing between nodes.
+
+The compiled build is used when it imports; the pure-Python build otherwise,
+and always when the environment variable ``SPARK_NO_EXTENSIONS`` is set to a
+non-empty value. ``IMPLEMENTATION`` says which one is active.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Literal
+
+from ._bridge import QueueBridge
+from ._channel_base import BaseChannel, ChannelClosed, ChannelStats, ObserverCallable
+
+__all__ = [
+    "IMPLEMENTATION",
+    "BaseChannel",
+    "ChannelClosed",
+    "ChannelMessage",
+    "ChannelStats",
+    "ForwardingChannel",
+    "InMemoryChannel",
+    "ObserverCallable",
+    "QueueBridge",
+]
+
+NO_EXTENSIONS = bool(os.environ.get("SPARK_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
+
+IMPLEMENTATION: Literal["cython", "python"]
+
+if TYPE_CHECKING or NO_EXTENSIONS:
+    from ._channels_py import ChannelMessage, ForwardingChannel, InMemoryChannel
+
+    IMPLEMENTATION = "python"
+else:
+    try:
+        from ._channels_c import (  # type: ignore[import-not-found, unused-ignore]
+            ChannelMessage,
+            ForwardingChannel,
+            InMemoryChannel,
+        )
+    except ImportError:
+        from ._channels_py import ChannelMessage, ForwardingChannel, InMemoryChannel
+
+        IMPLEMENTATION = "python"
+    else:
+        IMPLEMENTATION = "cython"

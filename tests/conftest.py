@@ -1,0 +1,118 @@
+"""Test matrix: every test runs on each channel build, every async test on each loop.
+
+* ``impl`` is parametrized over the pure build and the compiled one. The
+  compiled one is skipped when it is not built, unless
+  ``SPARK_REQUIRE_EXTENSIONS`` is set (``make test`` sets it), which turns a
+  missing build into a failure.
+* An ``async def`` test runs once on the default asyncio loop and once on
+  uvloop, each in a fresh loop, with a time limit, and must not leave a task
+  running behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from spark.nodes import _bridge, _channels_py
+
+REQUIRE_EXTENSIONS = bool(os.environ.get("SPARK_REQUIRE_EXTENSIONS"))
+DEFAULT_TIMEOUT = 30.0
+
+
+def _uvloop_factory() -> asyncio.AbstractEventLoop:
+    import uvloop
+
+    return uvloop.new_event_loop()
+
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": _uvloop_factory,
+}
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One build of the channels, as the tests see it."""
+
+    name: str
+    module: ModuleType
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.module, attr)
+
+    def QueueBridge(self, channel: Any) -> _bridge.QueueBridge:  # noqa: N802 - mirrors the class
+        return _bridge.QueueBridge(channel, message_type=self.module.ChannelMessage)
+
+
+def _load(name: str) -> Impl:
+    if name == "python":
+        return Impl("python", _channels_py)
+    try:
+        module = importlib.import_module("spark.nodes._channels_c")
+    except ImportError as error:
+        if REQUIRE_EXTENSIONS:
+            pytest.fail(f"the compiled core is required but did not import: {error}")
+        pytest.skip("the compiled core is not built")
+    return Impl("cython", module)
+
+
+@pytest.fixture(params=["python", "cython"], scope="session")
+def impl(request: pytest.FixtureRequest) -> Impl:
+    """The channel build under test (pure or compiled)."""
+    return _load(request.param)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "timeout_s(seconds): time limit for an async test (default 30 s)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if inspect.iscoroutinefunction(metafunc.function):
+        metafunc.fixturenames.append("loop_name")
+        metafunc.parametrize("loop_name", list(LOOPS))
+
+
+def run_on_loop(loop_name: str, coroutine: Any, timeout: float) -> Any:
+    """Run ``coroutine`` in a fresh loop of kind ``loop_name``; fail if it leaves tasks behind."""
+    try:
+        loop = LOOPS[loop_name]()
+    except ImportError:
+        pytest.skip(f"{loop_name} is not installed")
+    asyncio.set_event_loop(loop)
+    try:
+        result = loop.run_until_complete(asyncio.wait_for(coroutine, timeout))
+        leftovers = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+            pytest.fail(f"the test left {len(leftovers)} task(s) running: {leftovers!r}")
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        return result
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    function = pyfuncitem.obj
+    if not inspect.iscoroutinefunction(function):
+        return None
+    marker = pyfuncitem.get_closest_marker("timeout_s")
+    timeout = marker.args[0] if marker else DEFAULT_TIMEOUT
+    arguments = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    run_on_loop(pyfuncitem.callspec.params["loop_name"], function(**arguments), timeout)
+    return True
