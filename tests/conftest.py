@@ -50,7 +50,7 @@ class Impl:
     def __getattr__(self, attr: str) -> Any:
         return getattr(self.module, attr)
 
-    def QueueBridge(self, channel: Any) -> _bridge.QueueBridge:  # noqa: N802 - mirrors the class
+    def QueueBridge(self, channel: Any) -> _bridge.QueueBridge:
         return _bridge.QueueBridge(channel, message_type=self.module.ChannelMessage)
 
 

@@ -25,7 +25,7 @@ class QueueBridge:
       other means are not counted.
     """
 
-    __slots__ = ("_channel", "_message_type", "_unfinished", "_finished")
+    __slots__ = ("_channel", "_finished", "_message_type", "_unfinished")
 
     def __init__(self, channel: BaseChannel, *, message_type: type | None = None) -> None:
         if not isinstance(channel, BaseChannel):

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from itertools import count
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._channels_py import ChannelMessage
@@ -29,9 +29,7 @@ __all__ = [
 
 logger = logging.getLogger("spark.channels")
 
-ObserverCallable = Callable[
-    ["ChannelMessage[Any]", "BaseChannel", str], Union[None, Awaitable[None]]
-]
+ObserverCallable = Callable[["ChannelMessage[Any]", "BaseChannel", str], Awaitable[None] | None]
 """``observer(message, channel, phase)``; phase is ``"send"`` or ``"receive"``.
 
 It may return an awaitable, which the channel awaits (or schedules, from the
@@ -88,7 +86,9 @@ def check_observers(observers: Iterable[ObserverCallable] | None) -> list[Observ
     if observers is None:
         return []
     if callable(observers):
-        raise TypeError("observers must be an iterable of callables; wrap a single observer in a list")
+        raise TypeError(
+            "observers must be an iterable of callables; wrap a single observer in a list"
+        )
     checked = list(observers)
     for observer in checked:
         check_observer(observer)
@@ -198,7 +198,7 @@ class BaseChannel(ABC):
     ``observers``.
     """
 
-    __slots__ = ("_name", "_observers", "_closed")
+    __slots__ = ("_closed", "_name", "_observers")
 
     def __init__(
         self,

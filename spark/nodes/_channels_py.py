@@ -87,6 +87,9 @@ class ChannelMessage(Generic[T]):
             self.is_shutdown if is_shutdown is _MISSING else is_shutdown,
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.payload, self.metadata, self.ack, self.is_shutdown))
+
 
 register_message_type(ChannelMessage)
 
@@ -111,13 +114,12 @@ class InMemoryChannel(BaseChannel):
     __slots__ = (
         "_buffer",
         "_maxsize",
+        "_peak_size",
         "_receivers",
-        "_senders",
         "_receivers_woken",
+        "_senders",
         "_senders_woken",
         "_sent",
-        "_received",
-        "_peak_size",
     )
 
     def __init__(
@@ -137,8 +139,9 @@ class InMemoryChannel(BaseChannel):
         self._receivers_woken = 0
         # Free slots promised to woken senders that have not run yet.
         self._senders_woken = 0
-        self._sent = 0
-        self._received = 0
+        self._sent = 0  # received = sent - buffered: no counter on the receive path
+        # The size just before each dequeue; with the size now, its maximum
+        # is the peak, and the send path stays free of the bookkeeping.
         self._peak_size = 0
 
     # -- sending ---------------------------------------------------------
@@ -159,8 +162,6 @@ class InMemoryChannel(BaseChannel):
         buffer = self._buffer
         buffer.append(message)
         self._sent += 1
-        if len(buffer) > self._peak_size:
-            self._peak_size = len(buffer)
         if self._receivers:
             self._wake_receivers()
         if self._observers:
@@ -182,8 +183,6 @@ class InMemoryChannel(BaseChannel):
             raise asyncio.QueueFull
         buffer.append(message)
         self._sent += 1
-        if len(buffer) > self._peak_size:
-            self._peak_size = len(buffer)
         if self._receivers:
             self._wake_receivers()
         if self._observers:
@@ -223,11 +222,13 @@ class InMemoryChannel(BaseChannel):
         Raises ``ChannelClosed`` once the channel is closed and drained. If
         cancelled, no message was taken.
         """
-        if len(self._buffer) > self._receivers_woken:
-            message = self._buffer.popleft()
+        buffer = self._buffer
+        if buffer and not self._receivers_woken:
+            if len(buffer) > self._peak_size:
+                self._peak_size = len(buffer)
+            message = buffer.popleft()
         else:
             message = await self._wait_for_message()
-        self._received += 1
         if self._senders:
             self._wake_senders()
         if self._observers:
@@ -243,8 +244,10 @@ class InMemoryChannel(BaseChannel):
             if self._closed:
                 raise self._closed_error()
             raise asyncio.QueueEmpty
-        message = self._buffer.popleft()
-        self._received += 1
+        buffer = self._buffer
+        if len(buffer) > self._peak_size:
+            self._peak_size = len(buffer)
+        message = buffer.popleft()
         if self._senders:
             self._wake_senders()
         if self._observers:
@@ -256,12 +259,13 @@ class InMemoryChannel(BaseChannel):
         check_max_items(max_items)
         buffer = self._buffer
         if len(buffer) > self._receivers_woken:
+            if len(buffer) > self._peak_size:
+                self._peak_size = len(buffer)
             batch = [buffer.popleft()]
         else:
             batch = [await self._wait_for_message()]
         for _ in range(min(max_items - 1, len(buffer) - self._receivers_woken)):
             batch.append(buffer.popleft())
-        self._received += len(batch)
         if self._senders:
             self._wake_senders()
         if self._observers:
@@ -286,7 +290,10 @@ class InMemoryChannel(BaseChannel):
         if not promised:
             raise self._closed_error()
         self._receivers_woken -= 1
-        return self._buffer.popleft()
+        buffer = self._buffer
+        if len(buffer) > self._peak_size:
+            self._peak_size = len(buffer)
+        return buffer.popleft()
 
     def _wake_receivers(self) -> None:
         """Promise each unpromised buffered message to the oldest blocked receiver."""
@@ -336,9 +343,9 @@ class InMemoryChannel(BaseChannel):
         """A snapshot of the channel's counters."""
         return ChannelStats(
             sent=self._sent,
-            received=self._received,
+            received=self._sent - len(self._buffer),
             size=len(self._buffer),
-            peak_size=self._peak_size,
+            peak_size=max(self._peak_size, len(self._buffer)),
             maxsize=self._maxsize,
             senders_waiting=_count_pending(self._senders),
             receivers_waiting=_count_pending(self._receivers),
@@ -362,7 +369,7 @@ class ForwardingChannel(BaseChannel):
     open, since other senders (other edges) may share it.
     """
 
-    __slots__ = ("_downstream", "_defaults")
+    __slots__ = ("_defaults", "_downstream")
 
     def __init__(
         self,

@@ -1,0 +1,199 @@
+"""Observers: phases, order, awaitables, failures, runtime registration."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import warnings
+
+import pytest
+
+from spark.nodes.channels import ChannelClosed
+
+
+def recorder(log, tag="obs"):
+    def observer(message, channel, phase):
+        log.append((tag, phase, message.payload, channel.name))
+
+    return observer
+
+
+async def test_send_then_receive_phases(impl):
+    phases = []
+    channel = impl.InMemoryChannel(name="observed", observers=[recorder(phases)])
+    await channel.send(impl.ChannelMessage({"test": True}))
+    await channel.receive()
+    assert phases == [
+        ("obs", "send", {"test": True}, "observed"),
+        ("obs", "receive", {"test": True}, "observed"),
+    ]
+
+
+async def test_nowait_paths_report_inline(impl):
+    phases = []
+    channel = impl.InMemoryChannel(observers=[recorder(phases)])
+    channel.send_nowait(impl.ChannelMessage(1))
+    assert phases[-1][1] == "send"
+    await channel.receive()
+    channel.send_nowait(impl.ChannelMessage(2))
+    channel.receive_nowait()
+    assert [phase for _, phase, _, _ in phases] == ["send", "receive", "send", "receive"]
+
+
+async def test_observer_sees_the_channel_itself(impl):
+    seen = []
+    channel = impl.InMemoryChannel(observers=[lambda m, c, p: seen.append(c)])
+    await channel.send(impl.ChannelMessage(1))
+    assert seen == [channel]
+
+
+async def test_observers_run_in_registration_order(impl):
+    log = []
+    channel = impl.InMemoryChannel(observers=[recorder(log, "a"), recorder(log, "b")])
+    channel.add_observer(recorder(log, "c"))
+    await channel.send(impl.ChannelMessage(1))
+    assert [tag for tag, *_ in log] == ["a", "b", "c"]
+
+
+async def test_async_observer_is_awaited_inside_send_and_receive(impl):
+    log = []
+
+    async def slow(message, channel, phase):
+        await asyncio.sleep(0)
+        log.append(("async", phase))
+
+    channel = impl.InMemoryChannel(observers=[slow, recorder(log, "sync")])
+    await channel.send(impl.ChannelMessage(1))
+    assert log == [("async", "send"), ("sync", "send", 1, channel.name)]
+    await channel.receive()
+    assert log[2:] == [("async", "receive"), ("sync", "receive", 1, channel.name)]
+
+
+async def test_async_observer_from_nowait_is_scheduled_and_kept_alive(impl):
+    done = asyncio.Event()
+    log = []
+
+    async def observer(message, channel, phase):
+        await asyncio.sleep(0.01)
+        log.append(phase)
+        if len(log) == 2:
+            done.set()
+
+    channel = impl.InMemoryChannel(observers=[observer])
+    channel.send_nowait(impl.ChannelMessage(1))
+    channel.receive_nowait()
+    assert log == []
+    gc.collect()  # the scheduled tasks must survive without a reference of ours
+    await asyncio.wait_for(done.wait(), 5)
+    assert log == ["send", "receive"]
+
+
+def test_async_observer_without_a_loop_is_closed_with_a_warning(impl):
+    started = []
+
+    async def observer(message, channel, phase):
+        started.append(phase)
+
+    channel = impl.InMemoryChannel(name="no-loop", observers=[observer])
+    with pytest.warns(RuntimeWarning, match="no-loop"):
+        channel.send_nowait(impl.ChannelMessage(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "coroutine was never awaited" would be raised here
+        gc.collect()
+    with pytest.warns(RuntimeWarning, match="'receive'"):
+        assert channel.receive_nowait().payload == 1
+    assert started == []
+
+
+async def test_failing_observer_is_logged_and_later_observers_run(impl, caplog):
+    log = []
+
+    def failing(message, channel, phase):
+        raise RuntimeError("observer error!")
+
+    channel = impl.InMemoryChannel(name="fragile", observers=[failing, recorder(log)])
+    with caplog.at_level(logging.ERROR, logger="spark.channels"):
+        await channel.send(impl.ChannelMessage(1))
+        channel.send_nowait(impl.ChannelMessage(2))
+        assert (await channel.receive()).payload == 1
+        assert channel.receive_nowait().payload == 2
+    assert [phase for _, phase, _, _ in log] == ["send", "send", "receive", "receive"]
+    records = [r for r in caplog.records if r.name == "spark.channels"]
+    assert len(records) == 4
+    assert all("fragile" in r.getMessage() for r in records)
+    assert [("'send'" in r.getMessage()) for r in records] == [True, True, False, False]
+    assert all(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in records)
+
+
+async def test_failing_async_observer_is_logged(impl, caplog):
+    async def failing(message, channel, phase):
+        raise ValueError("async observer error")
+
+    channel = impl.InMemoryChannel(name="async-fragile", observers=[failing])
+    with caplog.at_level(logging.ERROR, logger="spark.channels"):
+        await channel.send(impl.ChannelMessage(1))
+        channel.send_nowait(impl.ChannelMessage(2))
+        for _ in range(5):
+            await asyncio.sleep(0)
+    records = [r for r in caplog.records if r.name == "spark.channels"]
+    assert len(records) == 2
+    assert all("async-fragile" in r.getMessage() for r in records)
+    assert all(isinstance(r.exc_info[1], ValueError) for r in records)
+    assert channel.qsize() == 2
+
+
+async def test_base_exceptions_from_observers_are_not_swallowed(impl):
+    def interrupting(message, channel, phase):
+        raise KeyboardInterrupt
+
+    channel = impl.InMemoryChannel(observers=[interrupting])
+    with pytest.raises(KeyboardInterrupt):
+        channel.send_nowait(impl.ChannelMessage(1))
+
+
+async def test_add_and_remove_observers_at_runtime(impl):
+    log = []
+    first, second = recorder(log, "first"), recorder(log, "second")
+    channel = impl.InMemoryChannel(observers=[first])
+    channel.add_observer(second)
+    assert channel.observers == (first, second)
+    await channel.send(impl.ChannelMessage(1))
+    channel.remove_observer(first)
+    await channel.send(impl.ChannelMessage(2))
+    assert [(tag, payload) for tag, _, payload, _ in log] == [
+        ("first", 1),
+        ("second", 1),
+        ("second", 2),
+    ]
+    with pytest.raises(ValueError, match="not an observer"):
+        channel.remove_observer(first)
+    with pytest.raises(TypeError, match="callable"):
+        channel.add_observer("not callable")
+
+
+async def test_observer_removing_itself_during_notification(impl):
+    log = []
+    channel = impl.InMemoryChannel()
+
+    def once(message, channel_, phase):
+        log.append("once")
+        channel_.remove_observer(once)
+
+    channel.add_observer(once)
+    channel.add_observer(recorder(log, "after"))
+    channel.send_nowait(impl.ChannelMessage(1))
+    channel.send_nowait(impl.ChannelMessage(2))
+    assert [entry if entry == "once" else entry[0] for entry in log] == ["once", "after", "after"]
+
+
+async def test_failed_send_nowait_reports_nothing(impl):
+    log = []
+    channel = impl.InMemoryChannel(maxsize=1, observers=[recorder(log)])
+    channel.send_nowait(impl.ChannelMessage(1))
+    with pytest.raises(asyncio.QueueFull):
+        channel.send_nowait(impl.ChannelMessage(2))
+    channel.close()
+    with pytest.raises(ChannelClosed):
+        channel.send_nowait(impl.ChannelMessage(3))
+    assert len(log) == 1
