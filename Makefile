@@ -6,14 +6,16 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: test bench lint clean
 
-$(INSTALLED): pyproject.toml setup.py $(wildcard src_ext/*.pyx src_ext/*.pxd)
+$(INSTALLED): pyproject.toml setup.py $(wildcard src_ext/*.pyx src_ext/*.pxd src_ext/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --editable '.[test]'
 	touch $@
 
+# The compiled core must be active: a build that silently fell back to pure
+# Python fails the run (SPARK_REQUIRE_EXTENSIONS).
 test: $(INSTALLED)
-	$(BIN)/python -m pytest
+	SPARK_REQUIRE_EXTENSIONS=1 $(BIN)/python -m pytest
 
 bench: $(INSTALLED)
 	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-columns=median,iqr,rounds --benchmark-sort=name

@@ -22,11 +22,7 @@ def extensions() -> list[Extension]:
         Extension(f"spark.nodes.{source.stem}", [str(source.relative_to(HERE))])
         for source in sources
     ]
-    return cythonize(
-        modules,
-        language_level=3,
-        compiler_directives={"freethreading_compatible": True},
-    )
+    return cythonize(modules, language_level=3)
 
 
 setup(ext_modules=extensions())

@@ -1,0 +1,1005 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""The compiled build of the channels; same behaviour as ``_channels_py``.
+
+The pure module is the specification: this one keeps the same state
+(buffer, two waiter queues, the counts of promised wake-ups) and takes the
+same steps, in C. What differs is only how it is fast:
+
+* the buffer and the waiter queues are power-of-two ring buffers over a list;
+* ``send``/``receive`` return an ``_Op``, a small awaitable from a freelist
+  that finishes inside its first step when it need not wait, answering the
+  ``await`` through the ``am_send`` slot, so no coroutine is built and, on
+  CPython 3.10 and 3.11, no ``StopIteration`` is raised;
+* a blocked operation parks itself in the waiter queue and yields a loop
+  future; the waker records why it woke it (a promise, or close) on the op.
+"""
+
+cimport cython
+from cpython.dict cimport PyDict_Copy, PyDict_Update
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.list cimport PyList_GET_ITEM, PyList_New
+from cpython.ref cimport Py_DECREF, Py_INCREF, _Py_REFCNT
+
+import asyncio
+import inspect
+from collections.abc import Mapping as _Mapping
+from types import GenericAlias
+
+from spark.nodes import _channel_base
+from spark.nodes import _channels_py
+from spark.nodes._channel_base import (
+    BaseChannel,
+    ChannelClosed,
+    ChannelStats,
+    check_max_items,
+    check_maxsize,
+    check_name,
+    check_observer,
+    check_observers,
+    not_a_message,
+    register_message_type,
+    report_observer_error,
+    schedule_observer_awaitable,
+)
+
+cdef extern from "_am_send.h":
+    ctypedef int (*spark_step_fn)(PyObject* op, PyObject* arg, PyObject** result) except -1
+    int spark_install_am_send(PyTypeObject* type, spark_step_fn step)
+
+cdef object _QueueFull = asyncio.QueueFull
+cdef object _QueueEmpty = asyncio.QueueEmpty
+cdef object _get_running_loop = asyncio.get_running_loop
+cdef object _isawaitable = inspect.isawaitable
+cdef object _MISSING = _channels_py._MISSING
+cdef object _SUSPEND = object()   # _Op._resume's answer when the op must wait
+
+__all__ = ["ChannelMessage", "ForwardingChannel", "InMemoryChannel"]
+
+
+# -- the envelope -----------------------------------------------------------
+
+@cython.freelist(256)
+cdef class ChannelMessage:
+    """The envelope every channel carries.
+
+    ``payload`` is the application's data; ``metadata`` carries tracing and
+    routing information; ``ack``, when set, is awaited by the receiver once
+    the message is handled; ``is_shutdown`` asks the receiver to stop.
+    A message without ``ack`` can be pickled.
+    """
+
+    cdef public object payload
+    cdef public object metadata
+    cdef public object ack
+    cdef public bint is_shutdown
+
+    __match_args__ = ("payload", "metadata", "ack", "is_shutdown")
+    # The fields as the pure build's dataclass declares them, so that
+    # dataclasses.fields(), replace() and asdict() work on this class too.
+    __dataclass_fields__ = _channels_py.ChannelMessage.__dataclass_fields__
+
+    def __init__(self, payload, metadata=_MISSING, ack=None, is_shutdown=False):
+        self.payload = payload
+        self.metadata = {} if metadata is _MISSING else metadata
+        self.ack = ack
+        self.is_shutdown = is_shutdown
+
+    def __class_getitem__(cls, item):
+        return GenericAlias(cls, item)
+
+    def clone(self, *, payload=_MISSING, metadata=None, ack=_MISSING, is_shutdown=_MISSING):
+        """A new message with the given fields replaced.
+
+        ``metadata`` is merged: the clone has this message's keys plus the
+        given ones, the given ones winning. Neither this message nor its
+        metadata dict is changed.
+        """
+        cdef ChannelMessage clone = ChannelMessage.__new__(ChannelMessage)
+        own = self.metadata
+        merged = PyDict_Copy(own) if type(own) is dict else dict(own)
+        if metadata:
+            PyDict_Update(merged, metadata) if type(metadata) is dict else merged.update(metadata)
+        clone.payload = self.payload if payload is _MISSING else payload
+        clone.metadata = merged
+        clone.ack = self.ack if ack is _MISSING else ack
+        clone.is_shutdown = self.is_shutdown if is_shutdown is _MISSING else is_shutdown
+        return clone
+
+    def __reduce__(self):
+        return (type(self), (self.payload, self.metadata, self.ack, self.is_shutdown))
+
+    def __eq__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        cdef ChannelMessage that = <ChannelMessage>other
+        return (self.payload, self.metadata, self.ack, self.is_shutdown) == (
+            that.payload, that.metadata, that.ack, that.is_shutdown
+        )
+
+    __hash__ = None
+
+    def __repr__(self):
+        return (
+            f"{type(self).__qualname__}(payload={self.payload!r}, metadata={self.metadata!r}, "
+            f"ack={self.ack!r}, is_shutdown={self.is_shutdown!r})"
+        )
+
+
+register_message_type(ChannelMessage)
+
+
+cdef inline bint _is_message(object message):
+    return type(message) is ChannelMessage or isinstance(message, _channel_base.message_types)
+
+
+cdef inline ChannelMessage _with_metadata(object message, object metadata):
+    """A copy of ``message`` carrying ``metadata`` (used by ForwardingChannel)."""
+    cdef ChannelMessage copy = ChannelMessage.__new__(ChannelMessage)
+    if type(message) is ChannelMessage:
+        copy.payload = (<ChannelMessage>message).payload
+        copy.ack = (<ChannelMessage>message).ack
+        copy.is_shutdown = (<ChannelMessage>message).is_shutdown
+    else:
+        copy.payload = message.payload
+        copy.ack = message.ack
+        copy.is_shutdown = message.is_shutdown
+    copy.metadata = metadata
+    return copy
+
+
+# -- ring buffer ----------------------------------------------------------
+
+cdef extern from "Python.h":
+    # PyList_SET_ITEM with a raw pointer: stores without touching reference
+    # counts, so the ring can move references and leave empty slots NULL.
+    void _list_store "PyList_SET_ITEM" (object items, Py_ssize_t i, PyObject* item)
+
+
+@cython.final
+cdef class _Ring:
+    """A FIFO over a power-of-two list used as a circular array; grows by doubling.
+
+    Empty slots hold NULL (the list is private: only the ring reads it), so
+    pushing and popping move one reference each and nothing else.
+    """
+
+    cdef list items
+    cdef Py_ssize_t head
+    cdef Py_ssize_t count
+    cdef Py_ssize_t mask
+
+    def __cinit__(self, Py_ssize_t capacity):
+        cdef Py_ssize_t size = 8
+        while size < capacity:
+            size <<= 1
+        self.items = PyList_New(size)
+        self.mask = size - 1
+
+    cdef inline int push(self, object item) except -1:
+        if self.count > self.mask:
+            self._grow()
+        Py_INCREF(item)
+        _list_store(self.items, (self.head + self.count) & self.mask, <PyObject*>item)
+        self.count += 1
+        return 0
+
+    cdef inline object pop(self):
+        """Remove and return the oldest item; the ring must not be empty."""
+        cdef Py_ssize_t head = self.head
+        cdef PyObject* slot = PyList_GET_ITEM(self.items, head)
+        _list_store(self.items, head, NULL)
+        self.head = (head + 1) & self.mask
+        self.count -= 1
+        item = <object>slot  # a new reference...
+        Py_DECREF(item)  # ...replacing the one the ring held
+        return item
+
+    cdef inline object at(self, Py_ssize_t i):
+        """The i-th oldest item (borrowed into a new reference)."""
+        return <object>PyList_GET_ITEM(self.items, (self.head + i) & self.mask)
+
+    cdef int _grow(self) except -1:
+        cdef Py_ssize_t size = self.mask + 1
+        cdef Py_ssize_t i, j
+        cdef list old = self.items
+        cdef list items = PyList_New(2 * size)
+        for i in range(self.count):
+            j = (self.head + i) & self.mask
+            _list_store(items, i, PyList_GET_ITEM(old, j))
+            _list_store(old, j, NULL)
+        self.items = items
+        self.head = 0
+        self.mask = 2 * size - 1
+        return 0
+
+    cdef bint remove(self, object item) except -1:
+        """Remove ``item`` (by identity) keeping the others in order."""
+        cdef Py_ssize_t i, j, n = self.count
+        cdef list items = self.items
+        for i in range(n):
+            if PyList_GET_ITEM(items, (self.head + i) & self.mask) == <PyObject*>item:
+                for j in range(i, n - 1):
+                    _list_store(
+                        items,
+                        (self.head + j) & self.mask,
+                        PyList_GET_ITEM(items, (self.head + j + 1) & self.mask),
+                    )
+                _list_store(items, (self.head + n - 1) & self.mask, NULL)
+                self.count -= 1
+                Py_DECREF(item)
+                return True
+        return False
+
+    cdef list snapshot(self):
+        return [self.at(i) for i in range(self.count)]
+
+    cdef int clear_to(self, list out) except -1:
+        while self.count:
+            out.append(self.pop())
+        return 0
+
+
+# -- operations (the awaitables) ----------------------------------------
+
+cdef class InMemoryChannel
+cdef class ForwardingChannel
+
+cdef enum:
+    OP_SEND = 0
+    OP_RECEIVE = 1
+    OP_RECEIVE_MANY = 2
+    OP_ANEXT = 3
+
+cdef enum:
+    ST_INIT = 0
+    ST_RUNNING = 1
+    ST_WAITING = 2
+    ST_DELEGATING = 3
+    ST_DONE = 4
+
+cdef enum:
+    WOKEN_NOT = 0
+    WOKEN_PROMISED = 1
+    WOKEN_CLOSED = 2
+
+
+@cython.final
+@cython.freelist(64)
+cdef class _Op:
+    """One ``send``/``receive``/``receive_many``/``__anext__`` in progress.
+
+    Awaitable once. Runs nothing until first stepped, like a coroutine, so
+    creating one and never awaiting it changes nothing.
+    """
+
+    cdef InMemoryChannel channel
+    cdef ForwardingChannel forwarder   # set for a send through a forwarder
+    cdef object message                # to send
+    cdef object future                 # waited on while blocked
+    cdef object delegate               # finishes async observers
+    cdef object _delegate_yield        # what the delegate yielded last
+    cdef Py_ssize_t max_items
+    cdef int kind
+    cdef int state
+    cdef int woken
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        result = self._resume(None)
+        if result is _SUSPEND:
+            return self.future if self.delegate is None else self._delegate_yield
+        raise StopIteration(result)
+
+    def send(self, value):
+        """Advance the operation (the coroutine protocol)."""
+        result = self._resume(value)
+        if result is _SUSPEND:
+            return self.future if self.delegate is None else self._delegate_yield
+        raise StopIteration(result)
+
+    def throw(self, typ, val=None, tb=None):
+        """Raise an exception inside the operation, e.g. cancellation."""
+        if val is None:
+            val = typ if isinstance(typ, BaseException) else typ()
+        if tb is not None:
+            val = val.with_traceback(tb)
+        if self.state == ST_DELEGATING:
+            try:
+                yielded = self.delegate.throw(val)
+            except BaseException:
+                self._release()
+                raise
+            self._delegate_yield = yielded
+            return yielded
+        if self.state == ST_WAITING:
+            self._abandon()
+        self._release()
+        raise val
+
+    def close(self):
+        """Abandon the operation; a blocked one leaves the channel as if never started."""
+        if self.state == ST_DELEGATING:
+            self.delegate.close()
+        elif self.state == ST_WAITING:
+            self._abandon()
+        self._release()
+
+    cdef object _resume(self, object value):
+        cdef int state = self.state
+        if state == ST_INIT:
+            self.state = ST_RUNNING
+            if self.kind == OP_SEND:
+                return self._start_send()
+            return self._start_receive()
+        if state == ST_WAITING:
+            return self._wake_up()
+        if state == ST_DELEGATING:
+            try:
+                yielded = self.delegate.send(value)
+            except StopIteration as stop:
+                self._release()
+                return stop.value
+            except BaseException:
+                self._release()
+                raise
+            self._delegate_yield = yielded
+            return _SUSPEND
+        raise RuntimeError("cannot reuse an already awaited channel operation")
+
+    cdef object _start_send(self):
+        cdef InMemoryChannel channel = self.channel
+        if self.forwarder is not None:
+            try:
+                self.message = self.forwarder._enrich(self.message)
+            except BaseException:
+                self._release()
+                raise
+        elif not _is_message(self.message):
+            self._release()
+            raise not_a_message(self.message)
+        if channel._closed:
+            self._release()
+            raise channel._closed_error()
+        if channel._maxsize and channel._buffer.count + channel._senders_woken >= channel._maxsize:
+            return self._suspend(channel._senders)
+        channel._enqueue(self.message)
+        return self._observe(None)
+
+    cdef object _start_receive(self):
+        cdef InMemoryChannel channel = self.channel
+        cdef _Ring buffer = channel._buffer
+        if self.kind == OP_RECEIVE_MANY:
+            self.max_items = check_max_items(self.message)
+            self.message = None
+        if buffer.count and not channel._receivers_woken:
+            message = channel._dequeue()
+        else:
+            if channel._closed:
+                self._release()
+                if self.kind == OP_ANEXT:
+                    raise StopAsyncIteration
+                raise channel._closed_error()
+            return self._suspend(channel._receivers)
+        return self._received(message)
+
+    cdef object _received(self, object message):
+        cdef InMemoryChannel channel = self.channel
+        if self.kind == OP_RECEIVE_MANY:
+            message = channel._dequeue_more([message], self.max_items)
+        if channel._senders.count:
+            channel._wake_senders()
+        return self._observe(message)
+
+    cdef object _suspend(self, _Ring waiters):
+        future = _get_running_loop().create_future()
+        future._asyncio_future_blocking = True
+        self.future = future
+        self.woken = WOKEN_NOT
+        waiters.push(self)
+        self.state = ST_WAITING
+        return _SUSPEND
+
+    cdef object _wake_up(self):
+        cdef InMemoryChannel channel = self.channel
+        cdef int woken = self.woken
+        if woken == WOKEN_NOT:
+            raise RuntimeError("a channel operation was resumed before it was woken")
+        self.future = None
+        self.state = ST_RUNNING
+        if self.kind == OP_SEND:
+            if woken == WOKEN_PROMISED:
+                channel._senders_woken -= 1
+            if woken == WOKEN_CLOSED or channel._closed:
+                self._release()
+                raise channel._closed_error()
+            channel._enqueue(self.message)
+            return self._observe(None)
+        if woken == WOKEN_CLOSED:
+            self._release()
+            if self.kind == OP_ANEXT:
+                raise StopAsyncIteration
+            raise channel._closed_error()
+        channel._receivers_woken -= 1
+        return self._received(channel._dequeue())
+
+    cdef void _abandon(self):
+        """Leave the channel as if this blocked op had never started."""
+        cdef InMemoryChannel channel = self.channel
+        cdef bint sending = self.kind == OP_SEND
+        if self.woken == WOKEN_PROMISED:
+            if sending:
+                channel._senders_woken -= 1
+                channel._wake_senders()
+            else:
+                channel._receivers_woken -= 1
+                channel._wake_receivers()
+        elif self.woken == WOKEN_NOT:
+            (channel._senders if sending else channel._receivers).remove(self)
+
+    cdef inline object _observe(self, object result):
+        """Run the observers; the op's result when done, or _SUSPEND to await one."""
+        if not self.channel._observers and self.forwarder is None:
+            self.state = ST_DONE
+            self.channel = None
+            self.message = None
+            return result
+        return self._observe_slowly(result)
+
+    cdef object _observe_slowly(self, object result):
+        cdef InMemoryChannel channel = self.channel
+        cdef ForwardingChannel forwarder = self.forwarder
+        cdef tuple observers = channel._observers
+        if not observers and not forwarder._observers:
+            self._release()
+            return result
+        if self.kind == OP_SEND:
+            phase = "send"
+            targets = [(observers, channel), (forwarder._observers, forwarder)] if forwarder is not None else [(observers, channel)]
+            messages = [self.message]
+        else:
+            phase = "receive"
+            targets = [(observers, channel)]
+            messages = result if self.kind == OP_RECEIVE_MANY else [result]
+        delegate = _notify_all(targets, messages, phase, result)
+        if delegate is None:
+            self._release()
+            return result
+        self.delegate = delegate
+        self.state = ST_DELEGATING
+        return self._resume(None)
+
+    cdef inline void _release(self):
+        self.state = ST_DONE
+        self.channel = None
+        self.forwarder = None
+        self.message = None
+        self.future = None
+        self.delegate = None
+        self._delegate_yield = None
+
+
+cdef int _op_step(PyObject* raw, PyObject* arg, PyObject** result) except -1:
+    cdef _Op op = <_Op>raw
+    value = op._resume(<object>arg)
+    if value is _SUSPEND:
+        yielded = op.future if op.delegate is None else op._delegate_yield
+        Py_INCREF(yielded)
+        result[0] = <PyObject*>yielded
+        return 1
+    Py_INCREF(value)
+    result[0] = <PyObject*>value
+    return 0
+
+if spark_install_am_send(<PyTypeObject*>_Op, _op_step) != 0:
+    raise ImportError("spark.nodes._channels_c: _Op has no async slots")
+
+
+cdef inline _Op _new_op(InMemoryChannel channel, int kind):
+    """An op for ``channel``: its spare one when nobody else holds it, else a new one."""
+    cdef PyObject* spare = <PyObject*>channel._spare_op  # borrowed: counts no reference
+    cdef _Op op
+    if spare == <PyObject*>None or _Py_REFCNT(spare) != 1:
+        op = _Op.__new__(_Op)
+        channel._spare_op = op
+    else:
+        op = <_Op>spare
+        op.state = ST_INIT
+        if op.message is not None or op.forwarder is not None:  # dropped unawaited, or failed
+            op.message = None
+            op.forwarder = None
+    op.channel = channel
+    op.kind = kind
+    return op
+
+
+cdef object _call_observers(tuple observers, Py_ssize_t start, object channel, object message, str phase):
+    """Call observers[start:]; stop at the first that returns an awaitable: (awaitable, observer, next index)."""
+    cdef Py_ssize_t i
+    for i in range(start, len(observers)):
+        observer = observers[i]
+        try:
+            returned = observer(message, channel, phase)
+        except Exception:
+            report_observer_error(channel, phase, observer)
+            continue
+        if returned is not None and _isawaitable(returned):
+            return (returned, observer, i + 1)
+    return None
+
+
+cdef object _notify_all(list targets, list messages, str phase, object result):
+    """Notify every (observers, channel) target of every message, in order.
+
+    Returns None when all observers were synchronous; otherwise a coroutine
+    that awaits the first awaitable and finishes the rest, returning ``result``.
+    """
+    cdef Py_ssize_t m, t
+    for m in range(len(messages)):
+        message = messages[m]
+        for t in range(len(targets)):
+            observers, channel = targets[t]
+            if not observers:
+                continue
+            hit = _call_observers(observers, 0, channel, message, phase)
+            if hit is not None:
+                awaitable, observer, following = hit
+                plan = [(observers, following, channel, message)]
+                plan += [(obs, 0, chan, message) for obs, chan in targets[t + 1:]]
+                for later in messages[m + 1:]:
+                    plan += [(obs, 0, chan, later) for obs, chan in targets]
+                return _finish_notify(awaitable, observer, channel, phase, plan, result)
+    return None
+
+
+async def _finish_notify(awaitable, observer, channel, str phase, list plan, result):
+    try:
+        await awaitable
+    except Exception:
+        report_observer_error(channel, phase, observer)
+    for observers, start, chan, message in plan:
+        await _notify_async(observers, start, chan, message, phase)
+    return result
+
+
+async def _notify_async(tuple observers, Py_ssize_t start, channel, message, str phase):
+    cdef Py_ssize_t i
+    for i in range(start, len(observers)):
+        observer = observers[i]
+        try:
+            returned = observer(message, channel, phase)
+            if returned is not None and _isawaitable(returned):
+                await returned
+        except Exception:
+            report_observer_error(channel, phase, observer)
+
+
+cdef void _notify_nowait(tuple observers, object channel, object message, str phase) except *:
+    for observer in observers:
+        try:
+            returned = observer(message, channel, phase)
+        except Exception:
+            report_observer_error(channel, phase, observer)
+            continue
+        if returned is not None and _isawaitable(returned):
+            schedule_observer_awaitable(channel, phase, observer, returned)
+
+
+# -- channels ---------------------------------------------------------------
+
+cdef class _ObservedChannel:
+    """Name, observers and closed flag: what every compiled channel has."""
+
+    cdef str _name
+    cdef tuple _observers
+    cdef bint _closed
+    cdef object __weakref__
+
+    @property
+    def name(self):
+        """The channel's name, used in logs and by observers."""
+        return self._name
+
+    @property
+    def observers(self):
+        """The registered observers, in the order they are called."""
+        return self._observers
+
+    def add_observer(self, observer):
+        """Call ``observer`` for every later send and receive, after those already registered."""
+        check_observer(observer)
+        self._observers = self._observers + (observer,)
+
+    def remove_observer(self, observer):
+        """Stop calling ``observer``; raises ``ValueError`` if it is not registered."""
+        observers = list(self._observers)
+        try:
+            observers.remove(observer)
+        except ValueError:
+            raise ValueError(f"{observer!r} is not an observer of channel {self._name!r}") from None
+        self._observers = tuple(observers)
+
+    @property
+    def closed(self):
+        """Whether ``close()`` has been called."""
+        return self._closed
+
+    async def send_many(self, messages):
+        """Send each message in order, waiting for room as needed.
+
+        If the channel closes part-way, the messages before the failing one
+        stay sent and ``ChannelClosed`` is raised.
+        """
+        for message in messages:
+            await self.send(message)
+
+    def __aiter__(self):
+        return self
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self._name!r} {'closed' if self._closed else 'open'}>"
+
+
+cdef class InMemoryChannel(_ObservedChannel):
+    """A channel inside one event loop, unbounded or bounded by ``maxsize``.
+
+    Guarantees:
+
+    * Messages are received in the order they were sent. Blocked senders
+      are served in the order they blocked, and so are blocked receivers.
+    * A cancelled ``send`` has not enqueued its message; a cancelled
+      ``receive`` has not taken one. Nothing is lost or duplicated.
+    * ``close()`` wakes every blocked sender with ``ChannelClosed`` (their
+      messages are not enqueued); receivers drain what is buffered, then get
+      ``ChannelClosed``.
+    * Observers run after each enqueue (``"send"``) and each dequeue
+      (``"receive"``), in registration order; their errors are logged on the
+      ``spark.channels`` logger and never reach the caller.
+    """
+
+    cdef _Ring _buffer
+    cdef _Ring _receivers
+    cdef _Ring _senders
+    cdef Py_ssize_t _maxsize
+    cdef Py_ssize_t _receivers_woken
+    cdef Py_ssize_t _senders_woken
+    cdef Py_ssize_t _sent
+    cdef Py_ssize_t _peak_size
+    # The last op handed out; reused when only this reference is left, which
+    # means it finished (or was dropped unawaited): no allocation per await.
+    cdef _Op _spare_op
+
+    def __init__(self, name=None, maxsize=0, observers=None):
+        self._name = check_name(name)
+        self._observers = tuple(check_observers(observers))
+        self._maxsize = check_maxsize(maxsize)
+        # Bounded channels get their whole ring at once (up to a sane size).
+        self._buffer = _Ring(min(self._maxsize, 65536))
+        self._receivers = _Ring(0)
+        self._senders = _Ring(0)
+
+    # -- internals (the pure build's steps) --
+
+    cdef inline int _enqueue(self, object message) except -1:
+        self._buffer.push(message)
+        self._sent += 1
+        if self._receivers.count:
+            self._wake_receivers()
+        return 0
+
+    cdef inline object _dequeue(self):
+        cdef _Ring buffer = self._buffer
+        if buffer.count > self._peak_size:
+            self._peak_size = buffer.count
+        return buffer.pop()
+
+    cdef list _dequeue_more(self, list batch, Py_ssize_t max_items):
+        cdef _Ring buffer = self._buffer
+        cdef Py_ssize_t n = min(max_items - len(batch), buffer.count - self._receivers_woken)
+        for _ in range(n):
+            batch.append(buffer.pop())
+        return batch
+
+    cdef int _wake_receivers(self) except -1:
+        cdef _Ring receivers = self._receivers
+        cdef _Op op
+        while receivers.count and self._buffer.count > self._receivers_woken:
+            op = <_Op>receivers.pop()
+            if not op.future.done():
+                op.woken = WOKEN_PROMISED
+                op.future.set_result(None)
+                self._receivers_woken += 1
+        return 0
+
+    cdef int _wake_senders(self) except -1:
+        cdef _Ring senders = self._senders
+        cdef _Op op
+        while senders.count and self._buffer.count + self._senders_woken < self._maxsize:
+            op = <_Op>senders.pop()
+            if not op.future.done():
+                op.woken = WOKEN_PROMISED
+                op.future.set_result(None)
+                self._senders_woken += 1
+        return 0
+
+    cdef object _closed_error(self):
+        return ChannelClosed(f"channel {self._name!r} is closed")
+
+    cdef int _send_nowait(self, object message) except -1:
+        if not _is_message(message):
+            raise not_a_message(message)
+        if self._closed:
+            raise self._closed_error()
+        if self._maxsize and self._buffer.count + self._senders_woken >= self._maxsize:
+            raise _QueueFull
+        self._enqueue(message)
+        if self._observers:
+            _notify_nowait(self._observers, self, message, "send")
+        return 0
+
+    cdef object _receive_nowait(self):
+        cdef _Ring buffer = self._buffer
+        if buffer.count <= self._receivers_woken:
+            if self._closed:
+                raise self._closed_error()
+            raise _QueueEmpty
+        message = self._dequeue()
+        if self._senders.count:
+            self._wake_senders()
+        if self._observers:
+            _notify_nowait(self._observers, self, message, "receive")
+        return message
+
+    # -- sending --
+
+    def send(self, message):
+        """Enqueue ``message``, waiting while the channel is full.
+
+        Raises ``ChannelClosed`` if the channel is closed before the message
+        is enqueued. If cancelled while waiting, the message is not enqueued.
+        """
+        cdef _Op op = _new_op(self, OP_SEND)
+        op.message = message
+        return op
+
+    def send_nowait(self, message):
+        """Enqueue ``message`` now, or raise ``asyncio.QueueFull``.
+
+        Works from synchronous code; an awaitable returned by an observer is
+        scheduled on the running loop (see the README).
+        """
+        self._send_nowait(message)
+
+    # -- receiving --
+
+    def receive(self):
+        """Return the next message, waiting while the channel is empty.
+
+        Raises ``ChannelClosed`` once the channel is closed and drained. If
+        cancelled, no message was taken.
+        """
+        return _new_op(self, OP_RECEIVE)
+
+    def receive_nowait(self):
+        """Return the next message now, or raise ``asyncio.QueueEmpty``.
+
+        Raises ``ChannelClosed`` instead once the channel is closed and drained.
+        """
+        return self._receive_nowait()
+
+    def receive_many(self, max_items):
+        """Wait for at least one message, then return up to ``max_items``, in order."""
+        cdef _Op op = _new_op(self, OP_RECEIVE_MANY)
+        op.message = max_items  # checked when awaited, as the pure build does
+        return op
+
+    def __anext__(self):
+        return _new_op(self, OP_ANEXT)
+
+    # -- state --
+
+    def close(self):
+        """Refuse further sends and wake every blocked task.
+
+        Blocked senders get ``ChannelClosed``; blocked receivers get
+        ``ChannelClosed`` (nothing is buffered for them). Buffered messages
+        can still be received. Calling it again does nothing.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        cdef list waiting = []
+        self._receivers.clear_to(waiting)
+        self._senders.clear_to(waiting)
+        cdef _Op op
+        for item in waiting:
+            op = <_Op>item
+            if not op.future.done():
+                op.woken = WOKEN_CLOSED
+                op.future.set_result(None)
+
+    @property
+    def maxsize(self):
+        """The bound on buffered messages; 0 means unbounded."""
+        return self._maxsize
+
+    def qsize(self):
+        """How many messages are buffered."""
+        return self._buffer.count
+
+    def empty(self):
+        """Whether a new ``receive`` would have to wait."""
+        return self._buffer.count <= self._receivers_woken
+
+    def full(self):
+        """Whether a new ``send`` would have to wait."""
+        return bool(self._maxsize) and self._buffer.count + self._senders_woken >= self._maxsize
+
+    def stats(self):
+        """A snapshot of the channel's counters."""
+        return ChannelStats(
+            sent=self._sent,
+            received=self._sent - self._buffer.count,
+            size=self._buffer.count,
+            peak_size=max(self._peak_size, self._buffer.count),
+            maxsize=self._maxsize,
+            senders_waiting=_count_pending(self._senders),
+            receivers_waiting=_count_pending(self._receivers),
+            closed=self._closed,
+        )
+
+
+cdef Py_ssize_t _count_pending(_Ring waiters):
+    cdef Py_ssize_t pending = 0
+    for item in waiters.snapshot():
+        if not (<_Op>item).future.done():
+            pending += 1
+    return pending
+
+
+cdef class ForwardingChannel(_ObservedChannel):
+    """A named entry into another channel that adds default metadata.
+
+    Each message sent through it reaches ``downstream`` as a copy whose
+    metadata is ``metadata_defaults`` overlaid with the message's own
+    metadata (the message's keys win); ``ack`` and ``is_shutdown`` are kept.
+    Without defaults the message passes unchanged. Receiving, ``empty()``
+    and the size queries are those of ``downstream``.
+
+    Closing a forwarder stops sends through it only; ``downstream`` stays
+    open, since other senders (other edges) may share it.
+    """
+
+    cdef object _downstream
+    cdef InMemoryChannel _fast_downstream   # downstream when it is exactly our InMemoryChannel
+    cdef dict _defaults
+
+    def __init__(self, downstream, name=None, metadata_defaults=None, observers=None):
+        if not isinstance(downstream, BaseChannel):
+            raise TypeError(
+                f"downstream must be a channel (a BaseChannel), got {type(downstream).__name__}"
+            )
+        if metadata_defaults is not None and not isinstance(metadata_defaults, _Mapping):
+            raise TypeError(
+                f"metadata_defaults must be a mapping, got {type(metadata_defaults).__name__}"
+            )
+        self._name = check_name(f"forward:{downstream.name}" if name is None else name)
+        self._observers = tuple(check_observers(observers))
+        self._downstream = downstream
+        if type(downstream) is InMemoryChannel:
+            self._fast_downstream = <InMemoryChannel>downstream
+        self._defaults = dict(metadata_defaults) if metadata_defaults else None
+
+    @property
+    def downstream(self):
+        """The channel that receives what is sent here."""
+        return self._downstream
+
+    @property
+    def metadata_defaults(self):
+        """A copy of the metadata added to each message."""
+        return dict(self._defaults or {})
+
+    cdef object _enrich(self, object message):
+        if not _is_message(message):
+            raise not_a_message(message)
+        if self._closed:
+            raise ChannelClosed(f"forwarding channel {self._name!r} is closed")
+        cdef dict defaults = self._defaults
+        if defaults is None:
+            return message
+        metadata = message.metadata
+        merged = PyDict_Copy(defaults)
+        if metadata:
+            if type(metadata) is dict:
+                PyDict_Update(merged, metadata)
+            else:
+                merged.update(metadata)
+        return _with_metadata(message, merged)
+
+    def send(self, message):
+        """Send the enriched message to ``downstream``, waiting while it is full."""
+        cdef _Op op
+        if self._fast_downstream is not None:
+            op = _new_op(self._fast_downstream, OP_SEND)
+            op.forwarder = self
+            op.message = message
+            return op
+        return self._send_slowly(message)
+
+    async def _send_slowly(self, message):
+        enriched = self._enrich(message)
+        await self._downstream.send(enriched)
+        if self._observers:
+            await _notify_async(self._observers, 0, self, enriched, "send")
+
+    def send_nowait(self, message):
+        """Send the enriched message to ``downstream`` now, or raise ``asyncio.QueueFull``."""
+        enriched = self._enrich(message)
+        if self._fast_downstream is not None:
+            self._fast_downstream._send_nowait(enriched)
+        else:
+            self._downstream.send_nowait(enriched)
+        if self._observers:
+            _notify_nowait(self._observers, self, enriched, "send")
+
+    def receive(self):
+        """Receive from ``downstream``."""
+        if not self._observers:
+            return self._downstream.receive()
+        return self._receive_observed()
+
+    async def _receive_observed(self):
+        message = await self._downstream.receive()
+        await _notify_async(self._observers, 0, self, message, "receive")
+        return message
+
+    def receive_nowait(self):
+        """Receive from ``downstream`` now, or raise ``asyncio.QueueEmpty``."""
+        message = self._downstream.receive_nowait()
+        if self._observers:
+            _notify_nowait(self._observers, self, message, "receive")
+        return message
+
+    async def receive_many(self, max_items):
+        """Receive up to ``max_items`` from ``downstream``, waiting for at least one."""
+        batch = await self._downstream.receive_many(max_items)
+        if self._observers:
+            for message in batch:
+                await _notify_async(self._observers, 0, self, message, "receive")
+        return batch
+
+    async def __anext__(self):
+        try:
+            return await self.receive()
+        except ChannelClosed:
+            raise StopAsyncIteration from None
+
+    def close(self):
+        """Refuse further sends through this forwarder; ``downstream`` stays open."""
+        self._closed = True
+
+    @property
+    def maxsize(self):
+        return self._downstream.maxsize
+
+    def qsize(self):
+        return self._downstream.qsize()
+
+    def empty(self):
+        return self._downstream.empty()
+
+    def full(self):
+        return self._downstream.full()
+
+    def stats(self):
+        """The statistics of ``downstream``."""
+        return self._downstream.stats()
+
+
+BaseChannel.register(InMemoryChannel)
+BaseChannel.register(ForwardingChannel)
