@@ -1,1 +1,7 @@
-"""Nodes and their channels; see ``spark.nodes.channels``."""
+"""Nodes: workers with mailboxes, connected by edges; channels live in ``spark.nodes.channels``."""
+
+from ._edge import Edge
+from ._node import Node
+from .config import NodeConfig
+
+__all__ = ["Edge", "Node", "NodeConfig"]

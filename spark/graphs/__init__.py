@@ -1,0 +1,18 @@
+"""Graphs: run connected nodes once or as long-running workers."""
+
+from ._graph import Graph
+from ._result import RunResult, RunStatus
+from ._run import ChannelFactory
+from ._task import Budget, NodeMessage, Task, TaskInput, TaskType
+
+__all__ = [
+    "Budget",
+    "ChannelFactory",
+    "Graph",
+    "NodeMessage",
+    "RunResult",
+    "RunStatus",
+    "Task",
+    "TaskInput",
+    "TaskType",
+]

@@ -1,0 +1,320 @@
+"""``Node``: a worker with a mailbox, connected to other nodes by edges."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any, TypeVar
+from uuid import uuid4
+
+from ._edge import Edge
+from ._shutdown import ShutdownCounter, is_stop_request, stop_request
+from .channels import BaseChannel, ChannelClosed, ChannelMessage, InMemoryChannel
+from .config import NodeConfig
+
+__all__ = ["Node", "RunBinding"]
+
+logger = logging.getLogger("spark.nodes")
+
+_CONFIG_FIELDS = tuple(field.name for field in fields(NodeConfig))
+
+N = TypeVar("N", bound="Node")
+
+
+@dataclass(frozen=True, eq=False)
+class RunBinding:
+    """What a graph run tells each of its nodes while it lasts."""
+
+    channels: Mapping[Edge, BaseChannel]
+    """The channel to send through for each outgoing edge."""
+    predecessors: frozenset[str]
+    """The ids of the nodes in the run with an edge into this one."""
+    on_output: Callable[[Any], None] | None
+    """Receives what a sink node emits; ``None`` for a node with successors."""
+
+
+class Node:
+    """A worker that receives messages in its ``mailbox`` and sends results to its successors.
+
+    Subclasses override ``process(payload)`` and keep the default ``go()``
+    loop, or override ``go()`` to write their own loop (checking
+    ``self._stop_flag`` and ``message.is_shutdown``). ``a >> b`` connects
+    ``a`` to ``b``.
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig | None = None,
+        mailbox: BaseChannel | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if config is None:
+            config = NodeConfig()
+        elif not isinstance(config, NodeConfig):
+            raise TypeError(f"config must be a NodeConfig or None, got {type(config).__name__}")
+        unknown = sorted(set(kwargs) - set(_CONFIG_FIELDS))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}() got unexpected keyword argument(s) {', '.join(unknown)}; "
+                f"a node accepts config=, mailbox= and the NodeConfig fields: "
+                f"{', '.join(_CONFIG_FIELDS)}"
+            )
+        if kwargs:
+            config = replace(config, **kwargs)
+        node_id = config.id or uuid4().hex
+        name = config.name or f"{type(self).__name__}-{node_id[:8]}"
+        self._id = node_id
+        self._name = name
+        self.config = replace(config, id=node_id, name=name)
+        if mailbox is None:
+            mailbox = InMemoryChannel(name=f"node:{node_id}", maxsize=config.mailbox_maxsize)
+        elif not isinstance(mailbox, BaseChannel):
+            raise TypeError(
+                f"mailbox must be a channel (a BaseChannel) or None, got {type(mailbox).__name__}"
+            )
+        self.mailbox: BaseChannel = mailbox
+        """Where this node receives its messages."""
+        self._stop_flag = False
+        self._edges: list[Edge] = []
+        self._incoming: list[Edge] = []
+        self._binding: RunBinding | None = None
+        self._receiving = False
+        self._processed = 0
+        self._failed = 0
+
+    # -- identity --------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The node's unique id."""
+        return self._id
+
+    @property
+    def name(self) -> str:
+        """The node's readable name, used in logs."""
+        return self._name
+
+    @property
+    def processed(self) -> int:
+        """Messages the default ``go()`` has processed successfully, over the node's life."""
+        return self._processed
+
+    @property
+    def failed(self) -> int:
+        """Messages whose processing failed in the default ``go()``, over the node's life."""
+        return self._failed
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._name!r} id={self._id!r}>"
+
+    # -- edges -----------------------------------------------------------
+
+    def connect(self, target: Node, *, channel: BaseChannel | None = None) -> Edge:
+        """Add an edge from this node to ``target`` and return it.
+
+        ``channel``, if given, is what this node sends through to reach
+        ``target``; it must deliver into ``target.mailbox``. A pair of nodes
+        has at most one edge, and a node cannot be connected to itself.
+        """
+        if not isinstance(target, Node):
+            raise TypeError(f"a node connects to another Node, got {type(target).__name__}")
+        if target is self:
+            raise ValueError(f"node {self._name!r} cannot be connected to itself")
+        if channel is not None and not isinstance(channel, BaseChannel):
+            raise TypeError(
+                f"an edge's channel must be a BaseChannel or None, got {type(channel).__name__}"
+            )
+        if any(edge.target is target for edge in self._edges):
+            raise ValueError(
+                f"node {self._name!r} is already connected to {target.name!r}; "
+                "a pair of nodes has one edge, find it in node.edges"
+            )
+        edge = Edge(self, target, channel)
+        self._edges.append(edge)
+        target._incoming.append(edge)
+        return edge
+
+    def __rshift__(self, other: N) -> N:
+        """``a >> b`` connects ``a`` to ``b`` and returns ``b``, so ``a >> b >> c`` chains."""
+        if not isinstance(other, Node):
+            return NotImplemented
+        self.connect(other)
+        return other
+
+    @property
+    def edges(self) -> tuple[Edge, ...]:
+        """The edges leaving this node, in connection order."""
+        return tuple(self._edges)
+
+    @property
+    def incoming_edges(self) -> tuple[Edge, ...]:
+        """The edges entering this node, in connection order."""
+        return tuple(self._incoming)
+
+    def get_next_nodes(self) -> list[Node]:
+        """The successors of this node, in connection order."""
+        return [edge.target for edge in self._edges]
+
+    # -- work ------------------------------------------------------------
+
+    def process(self, payload: Any) -> Any:
+        """Handle one payload and return what to send to the successors.
+
+        May be a coroutine function. Returning ``None`` sends nothing. The
+        default passes the payload through unchanged.
+        """
+        return payload
+
+    async def go(self) -> None:
+        """Work through the mailbox until shut down or stopped.
+
+        For each message: ``process`` its payload, send the result to every
+        successor, then await the message's ``ack``. A failure in ``process``
+        or in sending is logged, counted and dead-lettered; the loop goes on
+        and the message is not acknowledged.
+
+        The loop ends when the node has received a shutdown from each of its
+        predecessors (one is enough with no predecessor), or when its mailbox
+        is closed and drained: it then sends one shutdown to every successor.
+        After ``stop()`` it ends once the message in hand is done, without
+        telling the successors.
+        """
+        shutdowns = ShutdownCounter(self._predecessor_ids())
+        mailbox = self.mailbox
+        while not self._stop_flag:
+            self._receiving = True
+            try:
+                message = await mailbox.receive()
+            except ChannelClosed:
+                if not self._stop_flag:
+                    await self._send_shutdown(None)
+                return
+            finally:
+                self._receiving = False
+            if message.is_shutdown:
+                if self._stop_flag:
+                    return
+                if is_stop_request(message):
+                    continue  # left over from an earlier stop(); this run was not stopped
+                if shutdowns.add(message):
+                    await self._send_shutdown(message)
+                    return
+                continue
+            await self._handle(message)
+
+    def stop(self) -> None:
+        """Ask the worker to return once the message in hand is done.
+
+        Successors are not told; to wind down a whole pipeline, send a
+        shutdown message to its first node or call ``Graph.stop()``. A worker
+        waiting on an empty mailbox is woken by a stop request put there.
+        """
+        self._stop_flag = True
+        try:
+            self.mailbox.send_nowait(stop_request(self._id))
+        except (asyncio.QueueFull, ChannelClosed, NotImplementedError):
+            pass  # the worker is busy, or cannot receive anyway; it sees the flag
+
+    async def emit(self, payload: Any, *, parent: ChannelMessage[Any] | None = None) -> None:
+        """Send ``payload`` to every successor, with tracing metadata.
+
+        The metadata holds ``source_node``, a ``trace_id`` (``parent``'s, or
+        a new one) and ``timestamp`` (``time.monotonic()``). In a graph run,
+        what a sink node emits becomes an output of the run.
+        """
+        channels = self._outgoing_channels()
+        if not channels:
+            binding = self._binding
+            if binding is not None and binding.on_output is not None:
+                binding.on_output(payload)
+            return
+        metadata = self._tracing_metadata(parent)
+        for channel in channels:
+            await channel.send(ChannelMessage(payload=payload, metadata=dict(metadata)))
+
+    # -- internals -------------------------------------------------------
+
+    async def _handle(self, message: ChannelMessage[Any]) -> None:
+        try:
+            result = self.process(message.payload)
+            if inspect.isawaitable(result):
+                result = await result
+            if result is not None:
+                await self.emit(result, parent=message)
+        except Exception as error:
+            self._failed += 1
+            await self._report_failure(message, error)
+            return
+        self._processed += 1
+        if message.ack is not None:
+            try:
+                await message.ack()
+            except Exception:
+                logger.exception("node %r: the ack of a processed message failed", self._name)
+
+    async def _report_failure(self, message: ChannelMessage[Any], error: Exception) -> None:
+        dead_letter = self.config.dead_letter
+        logger.error(
+            "node %r failed to process a message; the worker goes on%s",
+            self._name,
+            "" if dead_letter else " (set NodeConfig.dead_letter to keep failed messages)",
+            exc_info=error,
+        )
+        if dead_letter is None:
+            return
+        failed = message.clone(
+            metadata={
+                "error": f"{type(error).__name__}: {error}",
+                "error_type": type(error).__qualname__,
+                "failed_node": self._id,
+            }
+        )
+        try:
+            await dead_letter.send(failed)
+        except ChannelClosed:
+            logger.error(
+                "node %r: dead-letter channel %r is closed; the failed message is dropped",
+                self._name,
+                dead_letter.name,
+            )
+
+    async def _send_shutdown(self, parent: ChannelMessage[Any] | None) -> None:
+        metadata = self._tracing_metadata(parent)
+        for channel in self._outgoing_channels():
+            try:
+                await channel.send(
+                    ChannelMessage(payload=None, metadata=dict(metadata), is_shutdown=True)
+                )
+            except ChannelClosed:
+                logger.debug("node %r: %r is closed; shutdown not sent", self._name, channel.name)
+
+    def _tracing_metadata(self, parent: ChannelMessage[Any] | None) -> dict[str, Any]:
+        trace_id = (
+            parent.metadata.get("trace_id") if parent is not None and parent.metadata else None
+        )
+        return {
+            "source_node": self._id,
+            "trace_id": uuid4().hex if trace_id is None else trace_id,
+            "timestamp": time.monotonic(),
+        }
+
+    def _outgoing_channels(self) -> list[BaseChannel]:
+        binding = self._binding
+        routes = binding.channels if binding is not None else {}
+        channels: list[BaseChannel] = []
+        for edge in self._edges:
+            channel = routes.get(edge)
+            if channel is None:
+                channel = edge.target.mailbox if edge.channel is None else edge.channel
+            channels.append(channel)
+        return channels
+
+    def _predecessor_ids(self) -> frozenset[str]:
+        binding = self._binding
+        if binding is not None:
+            return binding.predecessors
+        return frozenset(edge.source.id for edge in self._incoming)

@@ -1,0 +1,84 @@
+"""The examples run as scripts, and their ``main()`` works on every event loop."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from spark.graphs import RunStatus
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(name: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("mailbox", ["node-b handled {'task': 'process', 'data': 'gamma'}", "is full at 50"]),
+        (
+            "long_running_pipeline",
+            [
+                "status: stopped, last result: "
+                "{'processed': {'processed': {'processed': {'data': 'initial'}}}}",
+                "status: completed, outputs: [{'processed': {'processed': {'processed': "
+                "{'data': 0}}}}",
+            ],
+        ),
+        ("graceful_shutdown", ["status: completed; stored:", "status: budget_exhausted;"]),
+    ],
+)
+def test_example_runs_as_a_script(name: str, expected: list[str]) -> None:
+    output = run_script(name)
+    for line in expected:
+        assert line in output
+
+
+async def test_mailbox_example() -> None:
+    handled = await load("mailbox").main()
+    assert [payload["data"] for payload in handled] == ["alpha", "beta", "gamma"]
+
+
+async def test_long_running_pipeline_example() -> None:
+    (reference, last), default = await load("long_running_pipeline").main()
+    assert reference.status is RunStatus.STOPPED
+    assert last == {"processed": {"processed": {"processed": {"data": "initial"}}}}
+    assert default.status is RunStatus.COMPLETED
+    assert len(default.outputs) == 3
+
+
+@pytest.mark.timeout_s(60)
+async def test_graceful_shutdown_example() -> None:
+    completed: Any
+    exhausted: Any
+    completed, exhausted = await load("graceful_shutdown").main()
+    result, workers = completed
+    assert result.status is RunStatus.COMPLETED
+    assert workers[-1].handled == [f"order-{n} > parse > check" for n in range(3)]
+    result, workers = exhausted
+    assert result.status is RunStatus.BUDGET_EXHAUSTED
+    assert result.cancelled == []
+    assert len(workers[0].handled) == 4  # the first worker finished its backlog in the grace
