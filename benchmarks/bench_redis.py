@@ -1,0 +1,169 @@
+"""RedisStreamChannel throughput on loopback: pipelined sends, batched receives with grouped acks.
+
+Under ``make bench`` (pytest-benchmark) each case reports its time per round
+(the receive rounds include writing the messages they then read) and, in
+``extra_info``, messages per second over the measured part alone. Run as a script for a plain
+report: ``python benchmarks/bench_redis.py [--url redis://...] [--count N]``.
+Both start a throwaway ``redis-server`` unless ``SPARK_REDIS_URL``/``--url``
+names one, and are skipped without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import pytest
+
+COUNT = 20_000
+PAYLOAD = {"user": 12345, "event": "click", "tags": ["a", "b"], "blob": b"x" * 32}
+
+
+def _channel(url: str, name: str, **options: Any) -> Any:
+    from spark.backends.redis import RedisStreamChannel
+
+    return RedisStreamChannel(name, url=url, group="bench", **options)
+
+
+def _messages(count: int) -> list[Any]:
+    from spark.nodes.channels import ChannelMessage
+
+    return [ChannelMessage(PAYLOAD, {"seq": i}) for i in range(count)]
+
+
+async def pipelined_send(url: str, count: int, batch_size: int) -> float:
+    """Seconds to write ``count`` messages with send_many (pipelined XADDs)."""
+    messages = _messages(count)
+    channel = _channel(url, f"bench-{uuid.uuid4().hex}", batch_size=batch_size)
+    try:
+        await channel.backlog()  # connect and create the group outside the timing
+        started = time.perf_counter()
+        await channel.send_many(messages)
+        return time.perf_counter() - started
+    finally:
+        await channel.aclose()
+
+
+async def batched_receive(url: str, count: int, batch_size: int) -> float:
+    """Seconds to receive and acknowledge ``count`` messages, a batch and one XACK at a time."""
+    name = f"bench-{uuid.uuid4().hex}"
+    producer = _channel(url, name, batch_size=1000)
+    await producer.send_many(_messages(count))
+    await producer.aclose()
+    consumer = _channel(url, name, batch_size=batch_size)
+    try:
+        await consumer.backlog()
+        started = time.perf_counter()
+        received = 0
+        while received < count:
+            batch = await consumer.receive_many(batch_size)
+            received += len(batch)
+            await consumer.ack_many(batch)
+        elapsed = time.perf_counter() - started
+        assert (await consumer.backlog()).pending == 0
+        return elapsed
+    finally:
+        await consumer.aclose()
+
+
+SCENARIOS: dict[str, Callable[[str, int, int], Coroutine[Any, Any, float]]] = {
+    "pipelined send": pipelined_send,
+    "batched receive + grouped ack": batched_receive,
+}
+
+
+# -- pytest-benchmark ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    pytest.importorskip("redis")
+    pytest.importorskip("msgspec")
+    url = os.environ.get("SPARK_REDIS_URL")
+    if url:
+        yield url
+        return
+    from spark.backends._redis_server import LocalRedisServer, ServerUnavailable
+
+    server = LocalRedisServer()
+    try:
+        server.start()
+    except ServerUnavailable as error:
+        pytest.skip(f"no redis-server: {error}")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _bench(benchmark: Any, loop: asyncio.AbstractEventLoop, scenario: str, url: str) -> None:
+    """Time whole rounds; ``extra_info`` has the rate over the measured part of each round."""
+    benchmark.group = f"redis {type(loop).__module__}"
+    measured: list[float] = []
+
+    def round_() -> None:
+        measured.append(loop.run_until_complete(SCENARIOS[scenario](url, COUNT, 100)))
+
+    benchmark.pedantic(round_, rounds=3, warmup_rounds=1)
+    benchmark.extra_info["messages_per_second"] = round(COUNT / statistics.median(measured[1:]))
+
+
+def bench_redis_pipelined_send(benchmark: Any, loop: Any, redis_url: str) -> None:
+    _bench(benchmark, loop, "pipelined send", redis_url)
+
+
+def bench_redis_batched_receive_grouped_acks(benchmark: Any, loop: Any, redis_url: str) -> None:
+    _bench(benchmark, loop, "batched receive + grouped ack", redis_url)
+
+
+# -- as a script -----------------------------------------------------------------
+
+
+def _loops() -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    loops: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
+    try:
+        import uvloop
+    except ImportError:
+        return loops
+    loops["uvloop"] = uvloop.new_event_loop
+    return loops
+
+
+def report(url: str, count: int, rounds: int, batches: list[int]) -> None:
+    print(f"{count} messages per round, median of {rounds} rounds, server {url}")
+    for loop_name, new_loop in _loops().items():
+        for scenario, run in SCENARIOS.items():
+            for batch in batches:
+                loop = new_loop()
+                try:
+                    times = [loop.run_until_complete(run(url, count, batch)) for _ in range(rounds)]
+                finally:
+                    loop.close()
+                rate = count / statistics.median(times)
+                print(f"  {loop_name:8} {scenario:30} batch {batch:5}: {rate:10,.0f} msg/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="RedisStreamChannel throughput")
+    parser.add_argument("--url", default=os.environ.get("SPARK_REDIS_URL"))
+    parser.add_argument("--count", type=int, default=COUNT)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, nargs="+", default=[100, 500])
+    args = parser.parse_args()
+    if args.url:
+        report(args.url, args.count, args.rounds, args.batch)
+        return
+    from spark.backends._redis_server import LocalRedisServer
+
+    with LocalRedisServer() as server:
+        report(server.url, args.count, args.rounds, args.batch)
+
+
+if __name__ == "__main__":
+    main()

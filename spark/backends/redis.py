@@ -1,0 +1,1307 @@
+"""``RedisStreamChannel``: a channel over a Redis stream, shared by many processes.
+
+Install with ``pip install 'spark-channels[redis]'`` (redis-py with hiredis,
+and msgspec).
+
+How it works
+============
+
+The channel is one Redis stream (``{key_prefix}stream:{name}``) read by one
+consumer group. Every process that sends or receives makes its own channel
+object with the same ``name`` and ``group``; each receiving process gives
+itself a distinct ``consumer`` name. A message sent by any of them is
+received by exactly one consumer of the group at a time.
+
+* ``send`` appends an entry (XADD) holding the encoded payload, metadata and
+  shutdown flag. Sends are queued locally and written in order by one
+  background task, up to ``batch_size`` entries per round trip (one server
+  script that XADDs the batch, cheaper for the client than a pipeline of
+  XADDs); ``send`` returns once Redis has the entry, ``send_nowait`` as soon
+  as it is queued. The server must allow scripts (EVAL/EVALSHA).
+* ``receive`` first returns the entries this consumer received before a
+  restart and never acknowledged, then entries other consumers left
+  unacknowledged for longer than ``claim_idle`` seconds (XAUTOCLAIM), then new
+  entries (XREADGROUP, ``batch_size`` at a time, buffered locally).
+* ``message.ack()`` acknowledges the entry (XACK). Acks issued together are
+  sent as one XACK.
+
+Delivery is **at least once**. An entry that is received but not acknowledged
+within ``claim_idle`` seconds (because the consumer died, hung, or did not
+call ``ack``) is delivered again, to whichever consumer claims it first, so a
+handler can see a message twice. The metadata of each received message holds
+``redis_stream_id`` (the entry id, unique within the stream) and
+``redis_delivery_count`` (1 on the first delivery); a receiver that must not
+act twice records the ids it has handled. An entry delivered more than
+``max_deliveries`` times, or one that cannot be decoded, is moved to the
+dead-letter stream (``{key_prefix}dead:{name}``) and acknowledged instead.
+
+With ``maxlen``, the stream is bounded without losing anything: ``send``
+waits while the group's backlog (entries not yet read plus entries read but
+not acknowledged) is ``maxlen``, and only entries every group has finished
+with are trimmed. The trade-off: a stalled consumer group stalls every
+producer, as a full in-memory queue would, instead of Redis dropping the
+oldest entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import logging
+import os
+import socket
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from time import monotonic
+from types import TracebackType
+from typing import Any
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoScriptError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..nodes import _channel_base as _base
+from ..nodes._channel_base import (
+    BaseChannel,
+    ChannelClosed,
+    ChannelStats,
+    ObserverCallable,
+    check_max_items,
+    not_a_message,
+)
+from ..nodes._shutdown import is_stop_request
+from ..nodes.channels import ChannelMessage
+from ._codec import Codec, DecodeError, MsgpackCodec, PickleCodec, resolve_codec
+
+__all__ = [
+    "METADATA_DELIVERY_COUNT",
+    "METADATA_STREAM_ID",
+    "Backlog",
+    "Codec",
+    "DeadLetter",
+    "DecodeError",
+    "MsgpackCodec",
+    "PickleCodec",
+    "RedisStreamChannel",
+]
+
+logger = logging.getLogger("spark.channels.redis")
+
+METADATA_STREAM_ID = "redis_stream_id"
+"""Metadata key of a received message: its entry id, e.g. ``"1718000000000-0"``."""
+METADATA_DELIVERY_COUNT = "redis_delivery_count"
+"""Metadata key of a received message: how many times it was delivered, 1 the first time."""
+
+_RECEIVER_KEYS = (METADATA_STREAM_ID, METADATA_DELIVERY_COUNT)
+_CODEC = b"codec"
+_BODY = b"body"
+
+# Fields of a dead-letter entry, before the original entry's own fields.
+DEAD_REASON = b"dead:reason"
+DEAD_SOURCE_ID = b"dead:source-id"
+DEAD_DELIVERIES = b"dead:deliveries"
+DEAD_STREAM = b"dead:stream"
+DEAD_GROUP = b"dead:group"
+DEAD_CONSUMER = b"dead:consumer"
+
+# An entry handed back at close looks idle this long, so that any consumer's
+# XAUTOCLAIM takes it at once (Redis clamps idle times reaching before 1970).
+_HAND_BACK_IDLE_MS = 365 * 24 * 3600 * 1000
+_FIRST_RETRY = 0.005
+_LAST_RETRY = 0.25
+
+# Adds entries while the group's backlog is below maxlen, after trimming what
+# every group is done with. Atomic, so concurrent producers cannot overshoot.
+# KEYS[1]: the stream. ARGV: group, maxlen, then codec and body of each entry.
+# Returns {entries added, backlog after adding}.
+_BOUNDED_XADD = """
+local key = KEYS[1]
+local group = ARGV[1]
+local maxlen = tonumber(ARGV[2])
+local function older(a, b)
+  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
+  ams, bms = tonumber(ams), tonumber(bms)
+  if ams ~= bms then return ams < bms end
+  return tonumber(aseq) < tonumber(bseq)
+end
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', key)
+if not ok then groups = {} end
+local mine = nil
+local keep = nil
+for _, g in ipairs(groups) do
+  local info = {}
+  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  local needed = info['last-delivered-id']
+  if info['pending'] > 0 then
+    needed = redis.call('XPENDING', key, info['name'])[2]
+  end
+  if keep == nil or older(needed, keep) then keep = needed end
+  if info['name'] == group then mine = info end
+end
+local backlog
+if mine == nil then
+  redis.call('XGROUP', 'CREATE', key, group, '0', 'MKSTREAM')
+  backlog = redis.call('XLEN', key)
+else
+  if keep ~= nil and keep ~= '0-0' then redis.call('XTRIM', key, 'MINID', keep) end
+  if mine['lag'] then
+    backlog = mine['pending'] + mine['lag']
+  else
+    backlog = redis.call('XLEN', key)
+  end
+end
+local added = 0
+local total = (#ARGV - 2) / 2
+while added < total and backlog + added < maxlen do
+  local at = 3 + added * 2
+  redis.call('XADD', key, '*', 'codec', ARGV[at], 'body', ARGV[at + 1])
+  added = added + 1
+end
+return {added, backlog + added}
+"""
+# The same without a bound: one command per batch costs the client far less
+# than a pipeline of XADDs. KEYS[1]: the stream. ARGV: codec and body of each entry.
+_XADD_MANY = """
+local key = KEYS[1]
+for i = 1, #ARGV, 2 do
+  redis.call('XADD', key, '*', 'codec', ARGV[i], 'body', ARGV[i + 1])
+end
+return {#ARGV / 2, -1}
+"""
+_SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_BOUNDED_XADD, _XADD_MANY)}
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What the consumer group still has to do, as ``RedisStreamChannel.backlog()`` saw it."""
+
+    length: int
+    """Entries in the stream, including ones already acknowledged but not yet trimmed."""
+    pending: int
+    """Entries delivered to a consumer of the group and not yet acknowledged."""
+    lag: int | None
+    """Entries not yet delivered to the group; ``None`` when Redis cannot tell (before 7.0)."""
+
+    @property
+    def outstanding(self) -> int:
+        """``pending + lag``: what ``maxlen`` bounds (``length`` when the lag is unknown)."""
+        return self.length if self.lag is None else self.pending + self.lag
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An entry moved to the dead-letter stream instead of being delivered."""
+
+    id: str
+    """The id of the dead-letter entry."""
+    source_id: str
+    """The id the entry had in the channel's stream."""
+    reason: str
+    """Why it was not delivered (undecodable, or delivered too many times)."""
+    delivery_count: int
+    """How many times it had been delivered."""
+    consumer: str
+    """The consumer that moved it."""
+    fields: dict[bytes, bytes] = field(repr=False)
+    """The original entry's fields (``b"codec"`` and ``b"body"`` for a spark message)."""
+
+
+class _Outgoing:
+    __slots__ = ("body", "future", "message")
+
+    def __init__(
+        self, message: ChannelMessage[Any], body: bytes, future: asyncio.Future[None] | None
+    ) -> None:
+        self.message = message
+        self.body = body
+        self.future = future
+
+
+class _Delivery:
+    __slots__ = ("entry_id", "fetched_at", "message")
+
+    def __init__(self, entry_id: bytes, message: ChannelMessage[Any], fetched_at: float) -> None:
+        self.entry_id = entry_id
+        self.message = message
+        self.fetched_at = fetched_at
+
+
+class _Ack:
+    """A received message's ``ack``: acknowledges its entry."""
+
+    __slots__ = ("_channel", "_entry_id")
+
+    def __init__(self, channel: RedisStreamChannel, entry_id: bytes) -> None:
+        self._channel = channel
+        self._entry_id = entry_id
+
+    def __call__(self) -> Awaitable[None]:
+        return self._channel._ack(self._entry_id)
+
+    def __repr__(self) -> str:
+        return f"<ack of entry {self._entry_id.decode()} in {self._channel.key!r}>"
+
+
+class _AckBatch:
+    __slots__ = ("future", "ids")
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        self.ids: dict[bytes, None] = {}
+        self.future = future
+
+
+Entry = tuple[bytes, "dict[bytes, bytes] | None"]
+
+
+def _socket_timeout(pool: ConnectionPool) -> float | None:
+    """The read timeout of the pool's connections: set explicitly, or the class default."""
+    if "socket_timeout" in pool.connection_kwargs:
+        value = pool.connection_kwargs["socket_timeout"]
+    else:
+        value = None
+        for cls in pool.connection_class.__mro__:
+            try:
+                parameters = inspect.signature(vars(cls).get("__init__", object)).parameters
+            except (TypeError, ValueError):
+                continue
+            if "socket_timeout" in parameters:
+                value = parameters["socket_timeout"].default
+                break
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _check_positive(name: str, value: object, *, integer: bool = False) -> None:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or (integer and not isinstance(value, int))
+    ):
+        kind = "an int" if integer else "a number"
+        raise TypeError(f"{name} must be {kind}, got {type(value).__name__}")
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+
+
+def _check_text(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{name} must be a non-empty str, got {value!r}")
+    return value
+
+
+class RedisStreamChannel(BaseChannel):
+    """A channel over a Redis stream and consumer group; see the module docstring.
+
+    ``name`` names the stream (the key is ``{key_prefix}stream:{name}``),
+    ``group`` the consumer group (created on first use, reading from the
+    start of the stream), ``consumer`` this receiver within the group (give a
+    stable name, e.g. per host and worker slot, so that a restarted worker
+    first takes back what it held; by default a unique one is made up).
+    Connect with ``url`` (``redis://``, or ``rediss://`` for TLS, with
+    ``user:password@`` and query options as redis-py reads them; extra
+    keyword arguments for the connection pool go in ``connection_options``)
+    or share an existing ``client`` (a ``redis.asyncio.Redis`` without
+    ``decode_responses``), which the channel never closes.
+
+    Guarantees and semantics:
+
+    * At-least-once delivery, described in the module docstring; received
+      metadata holds ``redis_stream_id`` and ``redis_delivery_count``.
+    * Messages from one channel object are appended in the order they were
+      sent, and a group reads them in stream order; with several consumers,
+      each handles its share in that order.
+    * ``send`` returns once Redis holds the entry; cancelled before its batch
+      is written, the message is not sent. ``send_nowait`` queues it (up to
+      ``buffer_size`` messages) for the background writer; if Redis refuses
+      the batch, the loss is logged. Connection errors are retried.
+    * With ``maxlen``, senders wait while the group's backlog is ``maxlen``
+      (``send_nowait`` raises ``asyncio.QueueFull`` once a write found no
+      room), and nothing unacknowledged is ever trimmed.
+    * ``empty()``/``qsize()`` describe the local prefetch buffer only;
+      ``backlog()`` asks Redis about the whole group.
+    * ``close()`` refuses further sends but writes every message already
+      passed to ``send``/``send_nowait``; it stops receiving (``receive``
+      raises ``ChannelClosed`` at once) and hands the prefetched entries back
+      to the group so another consumer can take them immediately. Messages
+      already received stay pending: acknowledge them before closing, or they
+      are redelivered after ``claim_idle``. ``aclose()`` (or ``async with``)
+      does the same and waits for it to finish; call it before the loop ends.
+    * Observers run for each message written or queued (``"send"``) and each
+      message handed to a receiver (``"receive"``); their errors are logged.
+    * The sender's ``ack`` callback is not carried: received messages get an
+      ``ack`` that acknowledges the entry. Calling it again does nothing;
+      calling it after the channel finished closing raises ``ChannelClosed``.
+      Acks issued together (``ack_many``, or concurrent ``ack()`` calls) go
+      out as one XACK.
+    * A shutdown message goes through the stream like any other and reaches
+      one consumer of the group (send one per consumer to stop them all).
+      It is acknowledged as it is handed to the receiver: it carries no work,
+      and one left pending would stop a worker of a later run. A stop request
+      (what ``Node.stop()`` and a stopping graph put in a mailbox) is for the
+      workers reading this object, so it is delivered to them directly and
+      never written to Redis.
+    * Trimming under ``maxlen`` keeps whatever any group on the stream still
+      needs, so an abandoned group on the same stream stops trimming (not
+      sending); remove it with ``XGROUP DESTROY``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        group: str,
+        url: str | None = None,
+        client: Redis | None = None,
+        consumer: str | None = None,
+        claim_idle: float = 30.0,
+        maxlen: int | None = None,
+        codec: str | Codec = "msgpack",
+        max_deliveries: int | None = 5,
+        batch_size: int = 100,
+        block: float = 1.0,
+        buffer_size: int = 10_000,
+        key_prefix: str = "spark:",
+        connection_options: Mapping[str, Any] | None = None,
+        observers: Iterable[ObserverCallable] | None = None,
+    ) -> None:
+        super().__init__(_check_text("name", name), observers)
+        self._group = _check_text("group", group)
+        self._consumer = (
+            _default_consumer() if consumer is None else _check_text("consumer", consumer)
+        )
+        _check_positive("claim_idle", claim_idle)
+        _check_positive("block", block)
+        _check_positive("batch_size", batch_size, integer=True)
+        _check_positive("buffer_size", buffer_size, integer=True)
+        if maxlen is not None:
+            _check_positive("maxlen", maxlen, integer=True)
+        if max_deliveries is not None:
+            _check_positive("max_deliveries", max_deliveries, integer=True)
+        if not isinstance(key_prefix, str):
+            raise TypeError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
+        self._claim_idle = float(claim_idle)
+        self._block = float(block)
+        self._batch_size = batch_size
+        self._buffer_size = buffer_size
+        self._maxlen = maxlen
+        self._max_deliveries = max_deliveries
+        self._codec = resolve_codec(codec)
+        self._codec_name = self._codec.name.encode()
+        self._key = f"{key_prefix}stream:{name}"
+        self._dead_key = f"{key_prefix}dead:{name}"
+
+        if (url is None) == (client is None):
+            raise TypeError("pass exactly one of url= and client=")
+        if client is not None:
+            if not isinstance(client, Redis):
+                raise TypeError(
+                    f"client must be a redis.asyncio.Redis, got {type(client).__name__}"
+                )
+            if connection_options:
+                raise TypeError("connection_options apply to url=, not to a shared client")
+            self._pool = client.connection_pool
+            self._owns_pool = False
+        else:
+            if not isinstance(url, str):
+                raise TypeError(f"url must be a str, got {type(url).__name__}")
+            options = dict(connection_options or {})
+            options["decode_responses"] = False
+            self._pool = ConnectionPool.from_url(url, **options)
+            self._owns_pool = True
+        if self._pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("the channel needs a client without decode_responses=True")
+        timeout = _socket_timeout(self._pool)
+        if timeout is not None and self._block >= timeout:
+            raise ValueError(
+                f"block ({self._block} s) must be shorter than the connection's "
+                f"socket_timeout ({timeout} s)"
+            )
+        # A private client on the pool, with redis-py's reply parsing turned off:
+        # replies are read raw, the same way whatever redis-py version or
+        # protocol (RESP2 or RESP3) is in use.
+        self._redis = Redis(connection_pool=self._pool)
+        self._redis.response_callbacks.clear()
+        self._execute: Callable[..., Awaitable[Any]] = self._redis.execute_command
+        self._group_ready = False
+
+        # Sending.
+        self._outbox: deque[_Outgoing] = deque()
+        self._flusher: asyncio.Task[None] | None = None
+        self._stream_full = False
+        self._senders_waiting = 0
+        self._sent = 0
+
+        # Receiving.
+        self._ready: deque[_Delivery] = deque()
+        self._ready_ids: set[bytes] = set()
+        self._in_hand: set[bytes] = set()
+        self._fetch: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        # Set (and replaced) to wake waiting receivers: on close, and when a
+        # stop request is delivered locally.
+        self._wakeup: asyncio.Future[None] | None = None
+        self._history: bytes | None = b"0"
+        self._claim_cursor: bytes = b"0-0"
+        self._next_claim = 0.0
+        self._receivers_waiting = 0
+        self._received = 0
+        self._peak_size = 0
+        self._dead_lettered = 0
+        self._used_receive = False
+
+        # Acknowledging.
+        self._ack_batch: _AckBatch | None = None
+        self._ack_tasks: set[asyncio.Task[None]] = set()
+
+        # Closing.
+        self._closing: asyncio.Task[None] | None = None
+        self._released = False
+
+    # -- properties ------------------------------------------------------
+
+    @property
+    def key(self) -> str:
+        """The stream's Redis key."""
+        return self._key
+
+    @property
+    def dead_letter_key(self) -> str:
+        """The Redis key of the dead-letter stream."""
+        return self._dead_key
+
+    @property
+    def group(self) -> str:
+        """The consumer group."""
+        return self._group
+
+    @property
+    def consumer(self) -> str:
+        """This receiver's name within the group."""
+        return self._consumer
+
+    @property
+    def codec(self) -> Codec:
+        """The codec that encodes and decodes messages."""
+        return self._codec
+
+    @property
+    def maxsize(self) -> int:
+        """``maxlen``, the bound on the group's backlog; 0 means unbounded."""
+        return self._maxlen or 0
+
+    # -- sending ---------------------------------------------------------
+
+    def _check(self, message: ChannelMessage[Any]) -> None:
+        if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
+            raise not_a_message(message)
+        if self._closed:
+            raise self._closed_error()
+
+    def _encode(self, message: ChannelMessage[Any]) -> bytes:
+        self._check(message)
+        metadata = message.metadata
+        if METADATA_STREAM_ID in metadata or METADATA_DELIVERY_COUNT in metadata:
+            # What a previous hop's receiver added describes that hop, not this one.
+            metadata = {k: v for k, v in metadata.items() if k not in _RECEIVER_KEYS}
+        return self._codec.encode(message.payload, metadata, message.is_shutdown)
+
+    async def send(self, message: ChannelMessage[Any]) -> None:
+        """Append ``message`` to the stream; return once Redis holds it.
+
+        Waits while the group's backlog is at ``maxlen``. Raises
+        ``TypeError`` if the codec cannot encode the message and
+        ``ChannelClosed`` if the channel is closed.
+        """
+        self._check(message)
+        if _is_stop_request(message):
+            self._deliver_locally(message)
+            if self._observers:
+                await self._notify_observers(message, "send")
+            return
+        body = self._encode(message)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outbox.append(_Outgoing(message, body, future))
+        self._start_flusher()
+        self._senders_waiting += 1
+        try:
+            await future
+        finally:
+            self._senders_waiting -= 1
+        if self._observers:
+            await self._notify_observers(message, "send")
+
+    def send_nowait(self, message: ChannelMessage[Any]) -> None:
+        """Queue ``message`` for the background writer, or raise ``asyncio.QueueFull``.
+
+        Full means ``buffer_size`` messages are queued, or (with ``maxlen``)
+        the last write found the group's backlog at ``maxlen``. Must be
+        called with the event loop running.
+        """
+        self._check(message)
+        if _is_stop_request(message):
+            self._deliver_locally(message)
+            if self._observers:
+                self._notify_observers_nowait(message, "send")
+            return
+        body = self._encode(message)
+        if self.full():
+            raise asyncio.QueueFull
+        self._outbox.append(_Outgoing(message, body, None))
+        self._start_flusher()
+        if self._observers:
+            self._notify_observers_nowait(message, "send")
+
+    async def send_many(self, messages: Iterable[ChannelMessage[Any]]) -> None:
+        """Send every message, in order, in as few round trips as possible.
+
+        Every message is encoded before any is queued, so a ``TypeError``
+        sends none of them.
+        """
+        loop = asyncio.get_running_loop()
+        items: list[_Outgoing] = []
+        local: list[ChannelMessage[Any]] = []
+        for message in messages:
+            self._check(message)
+            if _is_stop_request(message):
+                local.append(message)
+            else:
+                items.append(_Outgoing(message, self._encode(message), loop.create_future()))
+        for message in local:
+            self._deliver_locally(message)
+            if self._observers:
+                await self._notify_observers(message, "send")
+        if not items:
+            return
+        self._outbox.extend(items)
+        self._start_flusher()
+        self._senders_waiting += len(items)
+        try:
+            for item in items:
+                assert item.future is not None
+                await item.future
+        except BaseException:
+            for item in items:
+                if item.future is not None:
+                    item.future.cancel()  # those not written yet stay unsent
+            raise
+        finally:
+            self._senders_waiting -= len(items)
+        if self._observers:
+            for item in items:
+                await self._notify_observers(item.message, "send")
+
+    def _start_flusher(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush(), name=f"spark-redis-send:{self._name}"
+            )
+
+    async def _flush(self) -> None:
+        """Write the outbox in order, a batch per round trip, until it is empty."""
+        outbox = self._outbox
+        retry = _FIRST_RETRY
+        while outbox:
+            batch: list[_Outgoing] = []
+            while outbox and len(batch) < self._batch_size:
+                item = outbox.popleft()
+                if item.future is None or not item.future.done():  # skip cancelled sends
+                    batch.append(item)
+            if not batch:
+                continue
+            try:
+                added = await self._write(batch)
+            except (AuthenticationError, AuthorizationError) as error:
+                self._fail(batch, error)
+                continue
+            except (RedisConnectionError, RedisTimeoutError) as error:
+                outbox.extendleft(reversed(batch))
+                logger.warning(
+                    "channel %r: cannot reach Redis (%s); retrying %d queued message(s) in %.3f s",
+                    self._name,
+                    error,
+                    len(outbox),
+                    retry,
+                )
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, _LAST_RETRY)
+                continue
+            except Exception as error:
+                self._fail(batch, error)
+                continue
+            except BaseException:
+                outbox.extendleft(reversed(batch))
+                raise
+            self._sent += added
+            for item in batch[:added]:
+                if item.future is not None and not item.future.done():
+                    item.future.set_result(None)
+            if added < len(batch):
+                outbox.extendleft(reversed(batch[added:]))
+                self._stream_full = True
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, _LAST_RETRY)
+            else:
+                self._stream_full = False
+                retry = _FIRST_RETRY
+
+    async def _write(self, batch: list[_Outgoing]) -> int:
+        """Append the batch's entries; return how many went in (fewer when at ``maxlen``)."""
+        arguments: list[bytes | str | int] = []
+        if self._maxlen is None:
+            await self._ensure_group()
+            script = _XADD_MANY
+        else:
+            script = _BOUNDED_XADD
+            arguments += (self._group, self._maxlen)
+        for item in batch:
+            arguments += (self._codec_name, item.body)
+        try:
+            reply = await self._execute("EVALSHA", _SHA[script], 1, self._key, *arguments)
+        except NoScriptError:
+            reply = await self._execute("EVAL", script, 1, self._key, *arguments)
+        self._group_ready = True
+        return int(reply[0])
+
+    def _fail(self, batch: list[_Outgoing], error: BaseException) -> None:
+        lost = 0
+        for item in batch:
+            if item.future is None:
+                lost += 1
+            elif not item.future.done():
+                item.future.set_exception(error)
+        if lost:
+            logger.error(
+                "channel %r: Redis refused %d message(s) queued by send_nowait; they are lost",
+                self._name,
+                lost,
+                exc_info=error,
+            )
+
+    # -- receiving -------------------------------------------------------
+
+    async def receive(self) -> ChannelMessage[Any]:
+        """Return the next message, waiting for one.
+
+        Raises ``ChannelClosed`` once the channel is closed. Errors talking to
+        Redis propagate; a later ``receive`` tries again.
+        """
+        while True:
+            if self._closed:
+                raise self._closed_error()
+            if self._ready:
+                break
+            await self._wait_for_fetch()
+        message = self._take()
+        if self._observers:
+            await self._notify_observers(message, "receive")
+        return message
+
+    def receive_nowait(self) -> ChannelMessage[Any]:
+        """Return a prefetched message now, or raise ``asyncio.QueueEmpty``."""
+        if self._closed:
+            raise self._closed_error()
+        if not self._ready:
+            raise asyncio.QueueEmpty
+        message = self._take()
+        if self._observers:
+            self._notify_observers_nowait(message, "receive")
+        return message
+
+    async def receive_many(self, max_items: int) -> list[ChannelMessage[Any]]:
+        """Wait for at least one message, then return up to ``max_items`` already fetched."""
+        check_max_items(max_items)
+        while True:
+            if self._closed:
+                raise self._closed_error()
+            if self._ready:
+                break
+            await self._wait_for_fetch()
+        batch = [self._take() for _ in range(min(max_items, len(self._ready)))]
+        if self._observers:
+            for message in batch:
+                await self._notify_observers(message, "receive")
+        return batch
+
+    def _take(self) -> ChannelMessage[Any]:
+        delivery = self._ready.popleft()
+        entry_id = delivery.entry_id
+        self._received += 1
+        if entry_id:  # not a local stop request
+            self._ready_ids.discard(entry_id)
+            self._in_hand.add(entry_id)
+            if delivery.message.is_shutdown:
+                # A shutdown carries no work: acknowledged on delivery, so that
+                # one left pending never stops a worker of a later run.
+                self._queue_ack(entry_id)
+        return delivery.message
+
+    def _wake_receivers(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    def _deliver_locally(self, message: ChannelMessage[Any]) -> None:
+        """A stop request wakes the workers reading this object; it never goes to Redis."""
+        self._ready.appendleft(_Delivery(b"", message, monotonic()))
+        self._wake_receivers()
+
+    async def _wait_for_fetch(self) -> None:
+        """Wait until a fetch round ends (starting one if none runs) or the channel closes."""
+        loop = asyncio.get_running_loop()
+        self._used_receive = True
+        fetch = self._fetch
+        if fetch is None or fetch.done():
+            fetch = self._fetch = loop.create_task(
+                self._fetch_round(), name=f"spark-redis-receive:{self._name}"
+            )
+            fetch.add_done_callback(_mark_retrieved)
+        wakeup = self._wakeup
+        if wakeup is None or wakeup.done():
+            wakeup = self._wakeup = loop.create_future()
+        self._receivers_waiting += 1
+        try:
+            await asyncio.wait((fetch, wakeup), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._receivers_waiting -= 1
+        if fetch.done() and not fetch.cancelled():
+            error = fetch.exception()
+            if error is not None:
+                raise error
+
+    async def _fetch_round(self) -> None:
+        await self._ensure_group()
+        try:
+            await self._fetch_once()
+        except ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            # The stream or the group was deleted behind our back: make it again.
+            self._group_ready = False
+            await self._ensure_group()
+            await self._fetch_once()
+
+    async def _fetch_once(self) -> None:
+        if self._history is not None:
+            # What this consumer received in an earlier life and never acknowledged.
+            reply = await self._execute(
+                "XREADGROUP", "GROUP", self._group, self._consumer,
+                "COUNT", self._batch_size, "STREAMS", self._key, self._history,
+            )  # fmt: skip
+            entries = _stream_entries(reply, self._key)
+            if entries:
+                self._history = entries[-1][0]
+                await self._accept(entries, fresh=False)
+                return
+            self._history = None
+        now = monotonic()
+        if now >= self._next_claim:
+            # What other consumers (dead, hung, or closed) left unacknowledged.
+            reply = await self._execute(
+                "XAUTOCLAIM", self._key, self._group, self._consumer,
+                int(self._claim_idle * 1000), self._claim_cursor, "COUNT", self._batch_size,
+            )  # fmt: skip
+            self._claim_cursor = bytes(reply[0])
+            # Keep scanning next round while the pending list has more to look at.
+            self._next_claim = now if self._claim_cursor != b"0-0" else now + self._block
+            entries = _entries(reply[1])
+            if entries:
+                await self._accept(entries, fresh=False)
+                if self._ready:
+                    return
+        reply = await self._execute(
+            "XREADGROUP", "GROUP", self._group, self._consumer, "COUNT", self._batch_size,
+            "BLOCK", max(1, int(self._block * 1000)), "STREAMS", self._key, ">",
+        )  # fmt: skip
+        entries = _stream_entries(reply, self._key)
+        if entries:
+            await self._accept(entries, fresh=True)
+
+    async def _accept(self, entries: list[Entry], *, fresh: bool) -> None:
+        """Decode fetched entries into the ready buffer; dead-letter the ones that fail."""
+        counts: dict[bytes, int] | None = None
+        if not fresh:
+            counts = await self._delivery_counts([i for i, f in entries if f is not None])
+        fetched_at = monotonic()
+        dead: list[tuple[bytes, dict[bytes, bytes], str, int]] = []
+        gone: list[bytes] = []
+        for entry_id, fields in entries:
+            if fields is None:  # deleted from the stream while pending
+                gone.append(entry_id)
+                continue
+            if entry_id in self._ready_ids:
+                continue
+            if counts is None:
+                count = 1
+            elif entry_id in counts:
+                count = counts[entry_id]
+            else:
+                continue  # acknowledged in the meantime
+            if self._max_deliveries is not None and count > self._max_deliveries:
+                reason = f"delivered {count} times, more than max_deliveries={self._max_deliveries}"
+                dead.append((entry_id, fields, reason, count))
+                continue
+            try:
+                message = self._decode(entry_id, fields, count)
+            except Exception as error:
+                reason = str(error) if isinstance(error, DecodeError) else repr(error)
+                dead.append((entry_id, fields, f"undecodable: {reason}", count))
+                continue
+            self._ready.append(_Delivery(entry_id, message, fetched_at))
+            self._ready_ids.add(entry_id)
+        if len(self._ready) > self._peak_size:
+            self._peak_size = len(self._ready)
+        if self._ready and (self._keeper is None or self._keeper.done()):
+            self._keeper = asyncio.get_running_loop().create_task(
+                self._keep_fresh(), name=f"spark-redis-keeper:{self._name}"
+            )
+        if dead or gone:
+            await self._bury(dead, gone)
+
+    def _decode(
+        self, entry_id: bytes, fields: dict[bytes, bytes], count: int
+    ) -> ChannelMessage[Any]:
+        codec = fields.get(_CODEC)
+        body = fields.get(_BODY)
+        if codec is None or body is None:
+            raise DecodeError("not a spark message (no 'codec' and 'body' fields)")
+        if codec != self._codec_name:
+            raise DecodeError(
+                f"written with codec {codec.decode(errors='replace')!r}, "
+                f"but this channel decodes {self._codec.name!r}"
+            )
+        payload, metadata, is_shutdown = self._codec.decode(body)
+        metadata[METADATA_STREAM_ID] = entry_id.decode()
+        metadata[METADATA_DELIVERY_COUNT] = count
+        return ChannelMessage(payload, metadata, _Ack(self, entry_id), is_shutdown)
+
+    async def _delivery_counts(self, ids: list[bytes]) -> dict[bytes, int]:
+        """How many times each id was delivered; ids no longer pending are left out."""
+        if not ids:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        queue: Callable[..., object] = pipe.execute_command
+        for entry_id in ids:
+            queue("XPENDING", self._key, self._group, entry_id, entry_id, 1)
+        counts: dict[bytes, int] = {}
+        for rows in await pipe.execute():
+            for row in rows or ():
+                counts[bytes(row[0])] = int(row[3])
+        return counts
+
+    async def _bury(
+        self, dead: list[tuple[bytes, dict[bytes, bytes], str, int]], gone: list[bytes]
+    ) -> None:
+        """Move entries to the dead-letter stream and acknowledge them, atomically."""
+        pipe = self._redis.pipeline(transaction=True)
+        queue: Callable[..., object] = pipe.execute_command
+        for entry_id, fields, reason, count in dead:
+            record: list[bytes | str | int] = [
+                DEAD_REASON, reason, DEAD_SOURCE_ID, entry_id, DEAD_DELIVERIES, count,
+                DEAD_STREAM, self._key, DEAD_GROUP, self._group, DEAD_CONSUMER, self._consumer,
+            ]  # fmt: skip
+            for name, value in fields.items():
+                record += (name, value)
+            queue("XADD", self._dead_key, "*", *record)
+        ids = [entry_id for entry_id, *_ in dead] + gone
+        queue("XACK", self._key, self._group, *ids)
+        await pipe.execute()
+        self._in_hand.difference_update(ids)  # a handler that never acked may have held one
+        self._dead_lettered += len(dead)
+        for entry_id, _, reason, _ in dead:
+            logger.warning(
+                "channel %r: entry %s moved to dead-letter stream %r: %s",
+                self._name,
+                entry_id.decode(),
+                self._dead_key,
+                reason,
+            )
+
+    async def _keep_fresh(self) -> None:
+        """Keep prefetched entries ours while they wait in the buffer.
+
+        An entry idle for ``claim_idle`` may be claimed by another consumer.
+        Entries waiting longer than a third of that are claimed again by this
+        consumer, which resets their idle time; one that someone else took in
+        the meantime is dropped from the buffer instead of being handled twice.
+        """
+        horizon = self._claim_idle / 3
+        while self._ready and not self._closed:
+            now = monotonic()
+            ages = [d.fetched_at for d in self._ready if d.entry_id]
+            if not ages:
+                return
+            oldest = min(ages)
+            if now - oldest < horizon:
+                await asyncio.sleep(oldest + horizon - now)
+                continue
+            stale = [d for d in self._ready if d.entry_id and now - d.fetched_at >= horizon]
+            try:
+                kept = await self._reclaim(stale, now)
+            except (RedisConnectionError, RedisTimeoutError, ResponseError) as error:
+                logger.warning(
+                    "channel %r: cannot refresh prefetched entries: %s", self._name, error
+                )
+                await asyncio.sleep(min(horizon, 1.0))
+                continue
+            refreshed = monotonic()
+            lost = set()
+            for delivery in stale:
+                if delivery.entry_id in kept:
+                    delivery.fetched_at = refreshed
+                else:
+                    lost.add(delivery.entry_id)
+            if lost:
+                self._ready = deque(d for d in self._ready if d.entry_id not in lost)
+                self._ready_ids -= lost
+
+    async def _reclaim(self, deliveries: list[_Delivery], now: float) -> set[bytes]:
+        """Claim entries again if nobody claimed them since we fetched them; return those kept."""
+        pipe = self._redis.pipeline(transaction=False)
+        queue: Callable[..., object] = pipe.execute_command
+        for delivery in deliveries:
+            # Our copy is at least this old on the server; another consumer's
+            # claim would have made it younger.
+            idle = max(0, int((now - delivery.fetched_at) * 1000) - 2)
+            queue(
+                "XCLAIM", self._key, self._group, self._consumer, idle, delivery.entry_id, "JUSTID"
+            )
+        kept: set[bytes] = set()
+        for ids in await pipe.execute():
+            kept.update(bytes(i) for i in ids or ())
+        return kept
+
+    # -- acknowledging ---------------------------------------------------
+
+    async def _ack(self, entry_id: bytes) -> None:
+        if entry_id not in self._in_hand:
+            return  # acknowledged already
+        if self._released:
+            raise ChannelClosed(
+                f"channel {self._name!r} is closed; entry {entry_id.decode()} stays pending "
+                f"and will be delivered again after claim_idle"
+            )
+        await asyncio.shield(self._queue_ack(entry_id).future)
+
+    def _queue_ack(self, entry_id: bytes) -> _AckBatch:
+        """Add ``entry_id`` to the XACK about to be sent, starting one if needed."""
+        batch = self._ack_batch
+        if batch is None:
+            loop = asyncio.get_running_loop()
+            batch = self._ack_batch = _AckBatch(loop.create_future())
+            batch.future.add_done_callback(_mark_retrieved)
+            task = loop.create_task(self._send_acks(batch), name=f"spark-redis-ack:{self._name}")
+            self._ack_tasks.add(task)
+            task.add_done_callback(self._ack_tasks.discard)
+        batch.ids[entry_id] = None
+        return batch
+
+    async def _send_acks(self, batch: _AckBatch) -> None:
+        # Runs one loop iteration after the first ack: every ack issued
+        # meanwhile joins the same XACK.
+        if self._ack_batch is batch:
+            self._ack_batch = None
+        try:
+            await self._execute("XACK", self._key, self._group, *batch.ids)
+        except asyncio.CancelledError:
+            batch.future.set_exception(self._closed_error())
+            raise
+        except Exception as error:
+            batch.future.set_exception(error)
+        else:
+            self._in_hand.difference_update(batch.ids)
+            batch.future.set_result(None)
+
+    async def ack_many(self, messages: Iterable[ChannelMessage[Any]]) -> None:
+        """Acknowledge messages received from this channel in one XACK.
+
+        Messages from elsewhere have their own ``ack`` awaited.
+        """
+        batch: _AckBatch | None = None
+        others: list[Awaitable[None]] = []
+        for message in messages:
+            ack = message.ack
+            if isinstance(ack, _Ack) and ack._channel is self:
+                if ack._entry_id in self._in_hand:
+                    if self._released:
+                        await ack()  # raises ChannelClosed
+                    batch = self._queue_ack(ack._entry_id)
+            elif ack is not None:
+                others.append(ack())
+        if batch is not None:
+            await asyncio.shield(batch.future)
+        if others:
+            await asyncio.gather(*others)
+
+    # -- state -----------------------------------------------------------
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self._execute("XGROUP", "CREATE", self._key, self._group, "0", "MKSTREAM")
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+        self._group_ready = True
+
+    async def backlog(self) -> Backlog:
+        """Ask Redis how far behind the group is."""
+        await self._ensure_group()
+        pipe = self._redis.pipeline(transaction=False)
+        queue: Callable[..., object] = pipe.execute_command
+        queue("XINFO", "GROUPS", self._key)
+        queue("XLEN", self._key)
+        groups, length = await pipe.execute()
+        for group in groups:
+            info = _mapping(group)
+            if _text(info.get("name")) == self._group:
+                lag = info.get("lag")
+                return Backlog(int(length), int(info["pending"]), None if lag is None else int(lag))
+        return Backlog(int(length), 0, int(length))
+
+    async def dead_letters(self, count: int = 100, *, after: str | None = None) -> list[DeadLetter]:
+        """The oldest ``count`` dead letters (those after id ``after``, if given)."""
+        check_max_items(count)
+        start = "-" if after is None else f"({after}"
+        reply = await self._execute("XRANGE", self._dead_key, start, "+", "COUNT", count)
+        letters = []
+        for entry_id, fields in _entries(reply):
+            if fields is None:
+                continue
+            original = {k: v for k, v in fields.items() if not k.startswith(b"dead:")}
+            letters.append(
+                DeadLetter(
+                    id=entry_id.decode(),
+                    source_id=_text(fields.get(DEAD_SOURCE_ID)),
+                    reason=_text(fields.get(DEAD_REASON)),
+                    delivery_count=int(fields.get(DEAD_DELIVERIES) or 0),
+                    consumer=_text(fields.get(DEAD_CONSUMER)),
+                    fields=original,
+                )
+            )
+        return letters
+
+    def empty(self) -> bool:
+        """Whether no prefetched message is ready (Redis may still hold some)."""
+        return not self._ready
+
+    def qsize(self) -> int:
+        """How many fetched messages wait in the local buffer."""
+        return len(self._ready)
+
+    def full(self) -> bool:
+        """Whether ``send_nowait`` would raise ``asyncio.QueueFull``."""
+        return len(self._outbox) >= self._buffer_size or (
+            self._maxlen is not None and self._stream_full
+        )
+
+    def stats(self) -> ChannelStats:
+        """Local counters: ``size`` is the prefetch buffer, ``sent`` the entries written."""
+        return ChannelStats(
+            sent=self._sent,
+            received=self._received,
+            size=len(self._ready),
+            peak_size=self._peak_size,
+            maxsize=self._maxlen or 0,
+            senders_waiting=self._senders_waiting,
+            receivers_waiting=self._receivers_waiting,
+            closed=self._closed,
+        )
+
+    @property
+    def dead_lettered(self) -> int:
+        """How many entries this object moved to the dead-letter stream."""
+        return self._dead_lettered
+
+    def close(self) -> None:
+        """Refuse further sends, stop receiving, and start the rest of the shutdown.
+
+        Queued messages are still written, prefetched entries are handed back
+        to the group, and the connections are released, in a background task
+        that ``aclose()`` waits for. Calling it again does nothing.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._wake_receivers()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # nothing can be in flight without a running loop; aclose() finishes
+        self._closing = loop.create_task(self._shutdown(), name=f"spark-redis-close:{self._name}")
+
+    async def aclose(self) -> None:
+        """Close, and wait until queued sends are written and connections are released.
+
+        If cancelled, queued messages not yet written are dropped (senders
+        waiting on them get ``ChannelClosed``) and the connections are
+        released anyway.
+        """
+        self.close()
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._shutdown())
+        await self._closing
+
+    async def _shutdown(self) -> None:
+        try:
+            pending = [task for task in (self._fetch, self._keeper) if task is not None]
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            if self._flusher is not None:
+                await self._flusher
+            if self._used_receive:
+                await self._hand_back()
+            while self._ack_tasks:  # acks sent meanwhile included
+                await asyncio.gather(*self._ack_tasks, return_exceptions=True)
+        finally:
+            for task in self._ack_tasks:
+                task.cancel()
+            if self._flusher is not None and not self._flusher.done():
+                self._flusher.cancel()
+            dropped = [item for item in self._outbox if item.future is None]
+            for item in self._outbox:
+                if item.future is not None and not item.future.done():
+                    item.future.set_exception(self._closed_error())
+            if dropped:
+                logger.error(
+                    "channel %r: closing interrupted; %d message(s) queued by send_nowait "
+                    "were not written",
+                    self._name,
+                    len(dropped),
+                )
+            self._outbox.clear()
+            self._ready.clear()
+            self._ready_ids.clear()
+            self._released = True
+            if self._owns_pool:
+                await self._pool.disconnect()
+
+    async def _hand_back(self) -> None:
+        """Make this consumer's pending entries that no handler holds claimable at once."""
+        returned = 0
+        start = "-"
+        try:
+            while True:
+                rows = await self._execute(
+                    "XPENDING", self._key, self._group, start, "+", 1000, self._consumer
+                )
+                if not rows:
+                    break
+                pipe = self._redis.pipeline(transaction=False)
+                queue: Callable[..., object] = pipe.execute_command
+                for row in rows:
+                    entry_id, idle, count = bytes(row[0]), int(row[2]), int(row[3])
+                    if entry_id in self._in_hand:
+                        continue  # a handler may still be working on it
+                    if entry_id in self._ready_ids:
+                        count -= 1  # fetched, never handed out: that delivery does not count
+                    queue(
+                        "XCLAIM", self._key, self._group, self._consumer, max(0, idle - 5),
+                        entry_id, "IDLE", max(_HAND_BACK_IDLE_MS, int(self._claim_idle * 2000)),
+                        "RETRYCOUNT", max(0, count), "JUSTID",
+                    )  # fmt: skip
+                    returned += 1
+                if len(pipe):
+                    await pipe.execute()
+                if len(rows) < 1000:
+                    break
+                start = "(" + bytes(rows[-1][0]).decode()
+        except (RedisConnectionError, RedisTimeoutError, ResponseError) as error:
+            logger.warning(
+                "channel %r: could not hand back prefetched entries (%s); "
+                "they will be reclaimed after claim_idle",
+                self._name,
+                error,
+            )
+            return
+        if returned:
+            logger.debug("channel %r: handed %d entries back to the group", self._name, returned)
+
+    async def __aenter__(self) -> RedisStreamChannel:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _closed_error(self) -> ChannelClosed:
+        return ChannelClosed(f"channel {self._name!r} is closed")
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<RedisStreamChannel {self._name!r} stream={self._key!r} group={self._group!r} "
+            f"consumer={self._consumer!r} {state}>"
+        )
+
+
+# -- raw reply parsing -------------------------------------------------------
+# Replies arrive unparsed: RESP2 gives flat lists, RESP3 gives dicts for maps.
+
+
+def _is_stop_request(message: ChannelMessage[Any]) -> bool:
+    return message.is_shutdown and is_stop_request(message)
+
+
+def _mark_retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return "" if value is None else str(value)
+
+
+def _mapping(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return {_text(k): v for k, v in raw.items()}
+    return {_text(raw[i]): raw[i + 1] for i in range(0, len(raw) - 1, 2)}
+
+
+def _fields(raw: Any) -> dict[bytes, bytes] | None:
+    if raw is None:
+        return None
+    if isinstance(raw, dict):
+        return {bytes(k): bytes(v) for k, v in raw.items()}
+    return {bytes(raw[i]): bytes(raw[i + 1]) for i in range(0, len(raw) - 1, 2)}
+
+
+def _entries(raw: Any) -> list[Entry]:
+    return [(bytes(item[0]), _fields(item[1])) for item in raw or () if item is not None]
+
+
+def _stream_entries(raw: Any, key: str) -> list[Entry]:
+    """The entries of ``key`` in an XREAD/XREADGROUP reply."""
+    if not raw:
+        return []
+    if isinstance(raw, dict):
+        streams = list(raw.items())
+    else:
+        streams = [(item[0], item[1]) for item in raw]
+    wanted = key.encode()
+    for name, entries in streams:
+        if bytes(name) == wanted:
+            return _entries(entries)
+    return []
