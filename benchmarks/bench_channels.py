@@ -1,45 +1,51 @@
-"""Time per message of the core scenarios, against asyncio.Queue in the same run."""
+"""Time per message of every scenario, next to its baseline from the same run.
+
+Run with ``make bench`` or ``pytest benchmarks --benchmark-only``. Each case
+moves pre-built messages and checks that every one arrived. No case asserts
+a time: read the ratios in the table.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import pytest
 
-def run(benchmark: Any, loop: asyncio.AbstractEventLoop, group: str, scenario: Any) -> None:
-    benchmark.group = group
-    benchmark.pedantic(lambda: loop.run_until_complete(scenario()), rounds=15, warmup_rounds=2)
+from spark.bench.scenarios import BASELINE_RUNS, SCENARIOS, make_messages
 
-
-def bench_batch_send_nowait_then_receive(benchmark, contender, loop, messages):
-    """send_nowait x N, then await receive() x N: no task ever blocks."""
-
-    async def scenario():
-        channel = contender.make(0)
-        send_nowait, receive = channel.send_nowait, channel.receive
-        for message in messages:
-            send_nowait(message)
-        for message in messages:
-            assert await receive() is message
-
-    run(benchmark, loop, f"batch {type(loop).__module__}", scenario)
+N = 10_000
 
 
-def bench_pipeline_maxsize_100(benchmark, contender, loop, messages):
-    """One producer task, one consumer task, maxsize=100."""
+def _run(benchmark: Any, loop: asyncio.AbstractEventLoop, scenario: Any, contender: Any) -> None:
+    messages = make_messages(contender, N)
+    benchmark.group = f"{scenario.name} on {type(loop).__module__.split('.')[0]}"
+    benchmark.extra_info["messages"] = N
+    benchmark.pedantic(
+        lambda: loop.run_until_complete(scenario.run(contender, messages)),
+        rounds=10,
+        warmup_rounds=1,
+    )
 
-    async def scenario():
-        channel = contender.make(100)
 
-        async def produce():
-            send = channel.send
-            for message in messages:
-                await send(message)
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def bench_scenario(benchmark, loop, contender, name):
+    scenario = SCENARIOS[name]
+    if scenario.channels_only and not contender.is_channel:
+        pytest.skip(f"{name} needs one of our channel builds")
+    _run(benchmark, loop, scenario, contender)
 
-        producer = asyncio.ensure_future(produce())
-        receive = channel.receive
-        for message in messages:
-            assert await receive() is message
-        await producer
 
-    run(benchmark, loop, f"pipeline-100 {type(loop).__module__}", scenario)
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def bench_baseline(benchmark, loop, contender, name):
+    """The baseline of the scenarios not measured against asyncio.Queue."""
+    scenario = SCENARIOS[name]
+    if scenario.baseline not in BASELINE_RUNS or not contender.is_channel:
+        pytest.skip("measured against asyncio.Queue")
+
+    class Baseline:
+        name = f"{scenario.name} baseline ({scenario.baseline})"
+        run = staticmethod(BASELINE_RUNS[scenario.baseline])
+
+    _run(benchmark, loop, Baseline, contender)
+    benchmark.group = f"{scenario.name} on {type(loop).__module__.split('.')[0]}"

@@ -1,0 +1,1 @@
+"""Benchmarks of the channels against asyncio.Queue: ``python -m spark.bench``."""

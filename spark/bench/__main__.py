@@ -1,0 +1,108 @@
+"""``python -m spark.bench``: how the channels compare with asyncio.Queue, here.
+
+Prints a header naming the machine, then, for each scenario, the time per
+message of every contender on every loop and its ratio to the baseline
+measured in the same run (lower is better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ._runner import (
+    LOOP_NAMES,
+    available_loops,
+    format_markdown,
+    format_table,
+    header,
+    plot,
+    write_json,
+)
+from ._runner import run as run_benchmarks
+from .scenarios import SCENARIOS
+
+QUICK_MESSAGES, QUICK_RUNS = 2_000, 3
+FULL_MESSAGES, FULL_RUNS = 10_000, 7
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m spark.bench",
+        description="Compare spark-channels with asyncio.Queue (and anyio, aiochannel when "
+        "installed) on this machine. Ratios are time per message divided by the baseline's, "
+        "measured in the same run: lower is better.",
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer messages and runs (< 30 s)")
+    parser.add_argument(
+        "--scenarios",
+        type=_names,
+        default=list(SCENARIOS),
+        help=f"comma-separated scenarios (default: all): {', '.join(SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--loops",
+        type=_names,
+        default=list(LOOP_NAMES),
+        help="comma-separated event loops (default: asyncio,uvloop)",
+    )
+    parser.add_argument(
+        "--contenders",
+        type=_names,
+        default=None,
+        help="comma-separated contenders (default: all available; asyncio.Queue always runs)",
+    )
+    parser.add_argument("--messages", type=int, default=None, help="messages per run")
+    parser.add_argument("--runs", type=int, default=None, help="timed runs per cell (median)")
+    parser.add_argument("--json", metavar="FILE", help="also write every result and sample here")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw the ratios (needs matplotlib)")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown ratio table too")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.scenarios if name not in SCENARIOS]
+    if unknown:
+        parser.error(
+            f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}"
+        )
+    if args.messages is None:
+        args.messages = QUICK_MESSAGES if args.quick else FULL_MESSAGES
+    if args.runs is None:
+        args.runs = QUICK_RUNS if args.quick else FULL_RUNS
+    if args.messages < 1 or args.runs < 1:
+        parser.error("--messages and --runs must be at least 1")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib: pip install matplotlib")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    loops = available_loops(args.loops)
+    if not loops:
+        print("no event loop to run on", file=sys.stderr)
+        return 2
+    about = header()
+    print(about)
+    print(f"{args.messages:,} messages per run, median of {args.runs} runs per cell\n")
+    rows, cells = run_benchmarks(args.scenarios, loops, args.contenders, args.messages, args.runs)
+    print(format_table(rows, loops))
+    if args.markdown:
+        print(format_markdown(rows, loops))
+    if args.json:
+        write_json(args.json, rows, cells, about)
+        print(f"results written to {args.json}")
+    if args.plot:
+        plot(args.plot, rows, loops, about)
+        print(f"chart written to {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

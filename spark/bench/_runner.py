@@ -1,0 +1,336 @@
+"""Runs the scenarios side by side and reports ns per message and ratios.
+
+Every cell (scenario x contender x loop) is warmed up once, then timed
+``runs`` times, round-robin: one run of every cell, then the next round, so
+that a noisy moment of the machine hits every cell alike. A cell's figure is
+the median of its runs. Its ratio is taken against its baseline measured in
+the same loop during the same rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
+
+from .scenarios import (
+    BASELINE_RUNS,
+    SCENARIOS,
+    Contender,
+    ScenarioRun,
+    available_contenders,
+    make_messages,
+)
+
+LOOP_NAMES = ("asyncio", "uvloop")
+
+
+@dataclass
+class Cell:
+    """One scenario, one contender (or baseline), one loop: its timings."""
+
+    scenario: str
+    contender: str
+    loop: str
+    baseline_of: str | None = None
+    """For a baseline cell, the contender whose baseline it is."""
+    samples_ns: list[float] = field(default_factory=list)
+    """Nanoseconds per message, one per timed run."""
+
+    @property
+    def median_ns(self) -> float:
+        return statistics.median(self.samples_ns)
+
+
+@dataclass
+class Result:
+    """A row of the report: a contender's figure for a scenario on a loop."""
+
+    scenario: str
+    contender: str
+    loop: str
+    ns_per_message: float
+    baseline: str
+    baseline_ns_per_message: float
+    ratio: float
+    """ns_per_message / baseline_ns_per_message: lower is better."""
+    added_ns_per_message: float
+    """ns_per_message - baseline_ns_per_message."""
+
+
+def new_loop(name: str) -> asyncio.AbstractEventLoop:
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def available_loops(requested: Sequence[str]) -> list[str]:
+    loops = []
+    for name in requested:
+        if name not in LOOP_NAMES:
+            raise SystemExit(f"unknown loop {name!r}; choose from {', '.join(LOOP_NAMES)}")
+        if name == "uvloop":
+            try:
+                import uvloop  # noqa: F401
+            except ImportError:
+                print("uvloop is not installed: skipping it (pip install uvloop)", file=sys.stderr)
+                continue
+        loops.append(name)
+    return loops
+
+
+def header() -> str:
+    """One line naming what the numbers were measured on."""
+    versions = [f"CPython {platform.python_version()}"]
+    try:
+        import uvloop
+
+        versions.append(f"uvloop {getattr(uvloop, '__version__', '?')}")
+    except ImportError:
+        versions.append("uvloop not installed")
+    return (
+        f"{', '.join(versions)}; {cpu_model()} ({os.cpu_count()} cores); "
+        f"{platform.system()} {platform.machine()}"
+    )
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+@dataclass
+class _Plan:
+    cell: Cell
+    run: ScenarioRun
+    contender: Contender
+    messages: list[Any]
+
+
+def plan_cells(
+    scenarios: Sequence[str], contenders: Sequence[Contender], loop: str, messages: int
+) -> list[_Plan]:
+    plans = []
+    for name in scenarios:
+        scenario = SCENARIOS[name]
+        for contender in contenders:
+            if scenario.channels_only and not contender.is_channel:
+                continue
+            prebuilt = make_messages(contender, messages)
+            plans.append(_Plan(Cell(name, contender.name, loop), scenario.run, contender, prebuilt))
+            if scenario.baseline in BASELINE_RUNS:
+                baseline = Cell(name, scenario.baseline, loop, baseline_of=contender.name)
+                plans.append(_Plan(baseline, BASELINE_RUNS[scenario.baseline], contender, prebuilt))
+    return plans
+
+
+def measure(
+    plans: Sequence[_Plan],
+    loop: asyncio.AbstractEventLoop,
+    runs: int,
+    progress: Callable[[int, _Plan], None],
+) -> None:
+    for plan in plans:  # warm-up: not timed
+        loop.run_until_complete(plan.run(plan.contender, plan.messages[:1000]))
+    done = 0
+    for _ in range(runs):
+        for plan in plans:
+            progress(done, plan)
+            started = time.perf_counter()
+            loop.run_until_complete(plan.run(plan.contender, plan.messages))
+            elapsed = time.perf_counter() - started
+            plan.cell.samples_ns.append(elapsed * 1e9 / len(plan.messages))
+            done += 1
+
+
+def results(cells: Sequence[Cell]) -> list[Result]:
+    """Pair each contender cell with its baseline cell."""
+    by_key = {(c.scenario, c.contender, c.loop, c.baseline_of): c for c in cells}
+    rows = []
+    for cell in cells:
+        if cell.baseline_of is not None:
+            continue
+        scenario = SCENARIOS[cell.scenario]
+        if scenario.baseline in BASELINE_RUNS:
+            base = by_key.get((cell.scenario, scenario.baseline, cell.loop, cell.contender))
+        else:
+            base = by_key.get((cell.scenario, scenario.baseline, cell.loop, None))
+        if base is None:
+            continue
+        rows.append(
+            Result(
+                scenario=cell.scenario,
+                contender=cell.contender,
+                loop=cell.loop,
+                ns_per_message=cell.median_ns,
+                baseline=scenario.baseline,
+                baseline_ns_per_message=base.median_ns,
+                ratio=cell.median_ns / base.median_ns,
+                added_ns_per_message=cell.median_ns - base.median_ns,
+            )
+        )
+    return rows
+
+
+def format_table(rows: Sequence[Result], loops: Sequence[str]) -> str:
+    """Rows: contenders. Columns: scenario and loop. Each cell: ns/message and ratio."""
+    contenders = list(dict.fromkeys(r.contender for r in rows))
+    lookup = {(r.scenario, r.contender, r.loop): r for r in rows}
+    lines = []
+    for name in dict.fromkeys(r.scenario for r in rows):
+        scenario = SCENARIOS[name]
+        lines.append(f"{name}: {scenario.description} (ratio against {scenario.baseline})")
+        width = max(len(c) for c in contenders)
+        lines.append("  " + " " * width + "".join(f"  {loop:>22}" for loop in loops))
+        for contender in contenders:
+            cells = []
+            for loop in loops:
+                row = lookup.get((name, contender, loop))
+                if row is None:
+                    cells.append(f"  {'-':>22}")
+                    continue
+                figure = f"{row.ns_per_message:,.0f} ns  x{row.ratio:.2f}"
+                cells.append(f"  {figure:>22}")
+            if any(cell.strip() != "-" for cell in cells):
+                lines.append(f"  {contender:<{width}}" + "".join(cells))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def format_markdown(rows: Sequence[Result], loops: Sequence[str]) -> str:
+    """A Markdown table of the ratios: scenarios as rows, contender and loop as columns."""
+    contenders = list(dict.fromkeys(r.contender for r in rows))
+    lookup = {(r.scenario, r.contender, r.loop): r for r in rows}
+    columns = [(c, loop) for c in contenders for loop in loops]
+    lines = [
+        "| scenario | baseline | " + " | ".join(f"{c} ({loop})" for c, loop in columns) + " |",
+        "| --- | --- |" + " --- |" * len(columns),
+    ]
+    for name in dict.fromkeys(r.scenario for r in rows):
+        cells = []
+        for contender, loop in columns:
+            row = lookup.get((name, contender, loop))
+            cells.append("" if row is None else f"{row.ratio:.2f}")
+        lines.append(f"| {name} | {SCENARIOS[name].baseline} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_json(path: str, rows: Sequence[Result], cells: Sequence[Cell], about: str) -> None:
+    document = {
+        "machine": about,
+        "results": [asdict(r) for r in rows],
+        "cells": [asdict(c) for c in cells],
+    }
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump(document, out, indent=2)
+
+
+def plot(path: str, rows: Sequence[Result], loops: Sequence[str], about: str) -> None:
+    """A grouped bar chart of the ratios, one group per scenario and loop."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit(
+            "--plot needs matplotlib: pip install 'spark-channels[plot]' or matplotlib"
+        ) from None
+    contenders = list(dict.fromkeys(r.contender for r in rows))
+    groups = [(s, loop) for s in dict.fromkeys(r.scenario for r in rows) for loop in loops]
+    lookup = {(r.scenario, r.contender, r.loop): r.ratio for r in rows}
+    width = 0.8 / len(contenders)
+    figure, axes = plt.subplots(figsize=(max(8.0, len(groups) * 0.7), 5))
+    for i, contender in enumerate(contenders):
+        xs = [g + i * width for g in range(len(groups))]
+        heights = [lookup.get((s, contender, loop), 0.0) for s, loop in groups]
+        axes.bar(xs, heights, width, label=contender)
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    axes.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
+    axes.set_xticklabels([f"{s}\n{loop}" for s, loop in groups], rotation=90, fontsize=7)
+    axes.set_ylabel("time per message / baseline (lower is better)")
+    axes.set_title(about, fontsize=8)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+class Progress:
+    """A single updating line on stderr."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = total
+        self.stream = stream
+        self.started = time.monotonic()
+
+    def __call__(self, offset: int, done: int, plan: _Plan) -> None:
+        cell = plan.cell
+        who = cell.contender if cell.baseline_of is None else f"{cell.baseline_of} baseline"
+        elapsed = time.monotonic() - self.started
+        self.stream.write(
+            f"\r[{offset + done + 1}/{self.total}] {elapsed:5.1f}s {cell.loop:<7} "
+            f"{cell.scenario:<18} {who:<24}"
+        )
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\r" + " " * 79 + "\r")
+        self.stream.flush()
+
+
+def run(
+    scenarios: Sequence[str],
+    loops: Sequence[str],
+    contender_names: Sequence[str] | None,
+    messages: int,
+    runs: int,
+    stream: TextIO = sys.stderr,
+) -> tuple[list[Result], list[Cell]]:
+    contenders = available_contenders()
+    if contender_names is not None:
+        known = {c.name for c in contenders}
+        unknown = [name for name in contender_names if name not in known]
+        if unknown:
+            raise SystemExit(
+                f"unknown or unavailable contender(s) {', '.join(unknown)}; "
+                f"available here: {', '.join(sorted(known))}"
+            )
+        contenders = [c for c in contenders if c.name in contender_names]
+    if "asyncio.Queue" not in {c.name for c in contenders}:
+        contenders.append(next(c for c in available_contenders() if c.name == "asyncio.Queue"))
+    all_plans = {loop: plan_cells(scenarios, contenders, loop, messages) for loop in loops}
+    total = sum(len(plans) for plans in all_plans.values()) * runs
+    progress = Progress(total, stream)
+    offset = 0
+    cells: list[Cell] = []
+    try:
+        for loop_name, plans in all_plans.items():
+            loop = new_loop(loop_name)
+            asyncio.set_event_loop(loop)
+            try:
+                measure(plans, loop, runs, functools.partial(progress, offset))
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+            offset += len(plans) * runs
+            cells += [plan.cell for plan in plans]
+    finally:
+        progress.close()
+    return results(cells), cells

@@ -1,0 +1,429 @@
+"""Benchmark scenarios and the contenders they compare.
+
+A *contender* is something that moves messages: the compiled channels, the
+pure-Python ones, ``asyncio.Queue`` (the reference every ratio is taken
+against), and, when installed, anyio's memory object streams and aiochannel.
+Each is seen through the same small surface (``send``, ``send_nowait``,
+``receive``) so that every contender pays the same call costs.
+
+A *scenario* moves ``n`` pre-built messages through a fresh contender and
+checks that every message arrived, in order where order is promised. It
+returns nothing; the caller times it. ``baseline`` names what its ratio is
+taken against: ``asyncio.Queue`` for the messaging scenarios; for the
+observer and forwarding scenarios, the plain channel of the same build (the
+cost they *add*); for message construction, a slots dataclass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from spark.nodes import _channels_py
+
+__all__ = [
+    "CONTENDERS",
+    "SCENARIOS",
+    "Contender",
+    "Scenario",
+    "available_contenders",
+    "make_messages",
+]
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A message mover under test."""
+
+    name: str
+    module: Any
+    """The channel module (``ChannelMessage``, ``InMemoryChannel``, ...), or None."""
+    make: Callable[[int], Any]
+    """``make(maxsize)``: has ``send``, ``send_nowait`` and ``receive``; 0 means unbounded."""
+    is_channel: bool = True
+    """Whether it is one of our builds (observer and forwarding scenarios need one)."""
+
+
+class _QueueAdapter:
+    """``asyncio.Queue`` under the channel method names, bound once."""
+
+    __slots__ = ("receive", "receive_nowait", "send", "send_nowait")
+
+    def __init__(self, maxsize: int) -> None:
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
+        self.send = queue.put
+        self.send_nowait = queue.put_nowait
+        self.receive = queue.get
+        self.receive_nowait = queue.get_nowait
+
+
+class _AnyioAdapter:
+    """anyio's memory object stream (``maxsize=0`` there means no buffer, so 0 maps to inf)."""
+
+    __slots__ = ("receive", "receive_nowait", "send", "send_nowait")
+
+    def __init__(self, maxsize: int) -> None:
+        import anyio
+
+        sender, receiver = anyio.create_memory_object_stream[Any](maxsize or math.inf)
+        self.send = sender.send
+        self.send_nowait = sender.send_nowait
+        self.receive = receiver.receive
+        self.receive_nowait = receiver.receive_nowait
+
+
+class _AiochannelAdapter:
+    __slots__ = ("receive", "receive_nowait", "send", "send_nowait")
+
+    def __init__(self, maxsize: int) -> None:
+        from aiochannel import Channel
+
+        channel: Any = Channel(maxsize)
+        self.send = channel.put
+        self.send_nowait = channel.put_nowait
+        self.receive = channel.get
+        self.receive_nowait = channel.get_nowait
+
+
+def _channel_maker(module: Any) -> Callable[[int], Any]:
+    in_memory = module.InMemoryChannel
+    return lambda maxsize: in_memory(maxsize=maxsize)
+
+
+def _compiled_module() -> Any:
+    try:
+        return importlib.import_module("spark.nodes._channels_c")
+    except ImportError:
+        return None
+
+
+def _installed(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+def available_contenders() -> list[Contender]:
+    """Every contender that can run here, compiled core first."""
+    contenders = []
+    compiled = _compiled_module()
+    if compiled is not None:
+        contenders.append(Contender("cython", compiled, _channel_maker(compiled)))
+    contenders.append(Contender("python", _channels_py, _channel_maker(_channels_py)))
+    contenders.append(Contender("asyncio.Queue", None, _QueueAdapter, is_channel=False))
+    if _installed("anyio"):
+        contenders.append(Contender("anyio", None, _AnyioAdapter, is_channel=False))
+    if _installed("aiochannel"):
+        contenders.append(Contender("aiochannel", None, _AiochannelAdapter, is_channel=False))
+    return contenders
+
+
+CONTENDERS = [contender.name for contender in available_contenders()]
+
+
+def make_messages(contender: Contender, n: int) -> list[Any]:
+    """``n`` pre-built messages: the contender's own envelope class, or the pure one."""
+    message_type = (contender.module or _channels_py).ChannelMessage
+    return [message_type(i) for i in range(n)]
+
+
+ScenarioRun = Callable[[Contender, Sequence[Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One way of moving messages."""
+
+    name: str
+    run: ScenarioRun = field(repr=False)
+    description: str
+    baseline: str = "asyncio.Queue"
+    """The contender (or ``"plain channel"``/``"dataclass"``) the ratio is taken against."""
+    channels_only: bool = False
+    """Only our builds can run it (observers, forwarding, envelopes)."""
+
+
+def _check(received: Any, expected: Any) -> None:
+    if received is not expected:
+        raise AssertionError(
+            f"message out of order or lost: got {received!r}, expected {expected!r}"
+        )
+
+
+async def batch(contender: Contender, messages: Sequence[Any]) -> None:
+    channel = contender.make(0)
+    send_nowait, receive = channel.send_nowait, channel.receive
+    for message in messages:
+        send_nowait(message)
+    for message in messages:
+        _check(await receive(), message)
+
+
+async def alternating(contender: Contender, messages: Sequence[Any]) -> None:
+    channel = contender.make(0)
+    send, receive = channel.send, channel.receive
+    for message in messages:
+        await send(message)
+        _check(await receive(), message)
+
+
+async def _pipeline(contender: Contender, messages: Sequence[Any], maxsize: int) -> None:
+    channel = contender.make(maxsize)
+
+    async def produce() -> None:
+        send = channel.send
+        for message in messages:
+            await send(message)
+
+    producer = asyncio.ensure_future(produce())
+    receive = channel.receive
+    for message in messages:
+        _check(await receive(), message)
+    await producer
+
+
+async def pipeline_100(contender: Contender, messages: Sequence[Any]) -> None:
+    await _pipeline(contender, messages, 100)
+
+
+async def pipeline_1(contender: Contender, messages: Sequence[Any]) -> None:
+    await _pipeline(contender, messages, 1)
+
+
+async def ping_pong(contender: Contender, messages: Sequence[Any]) -> None:
+    requests, replies = contender.make(1), contender.make(1)
+
+    async def echo() -> None:
+        receive, send = requests.receive, replies.send
+        for _ in messages:
+            await send(await receive())
+
+    echoer = asyncio.ensure_future(echo())
+    send, receive = requests.send, replies.receive
+    for message in messages:
+        await send(message)
+        _check(await receive(), message)
+    await echoer
+
+
+async def fan_in_4(contender: Contender, messages: Sequence[Any]) -> None:
+    channel = contender.make(1000)
+    shares = [messages[i::4] for i in range(4)]
+
+    async def produce(share: Sequence[Any]) -> None:
+        send = channel.send
+        for message in share:
+            await send(message)
+
+    producers = [asyncio.ensure_future(produce(share)) for share in shares]
+    receive = channel.receive
+    seen = set()
+    for _ in messages:
+        seen.add(id(await receive()))
+    await asyncio.gather(*producers)
+    if len(seen) != len(messages):
+        raise AssertionError(f"{len(messages) - len(seen)} messages lost or duplicated")
+
+
+def _observed(count: int, asynchronous: bool) -> ScenarioRun:
+    """Alternating send/receive with ``count`` observers that do nothing.
+
+    The observers are empty so that the time measured is what the channel
+    adds to call them, not what they do.
+    """
+
+    async def run(contender: Contender, messages: Sequence[Any]) -> None:
+        if asynchronous:
+
+            async def observer(message: Any, channel: Any, phase: str) -> None:
+                return None
+
+        else:
+
+            def observer(message: Any, channel: Any, phase: str) -> None:  # type: ignore[misc]
+                return None
+
+        channel = contender.module.InMemoryChannel(observers=[observer] * count)
+        send, receive = channel.send, channel.receive
+        for message in messages:
+            await send(message)
+            _check(await receive(), message)
+
+    return run
+
+
+async def plain_alternating(contender: Contender, messages: Sequence[Any]) -> None:
+    """The observer scenarios' baseline: the same loop with no observer."""
+    channel = contender.module.InMemoryChannel()
+    send, receive = channel.send, channel.receive
+    for message in messages:
+        await send(message)
+        _check(await receive(), message)
+
+
+async def forwarding(contender: Contender, messages: Sequence[Any]) -> None:
+    module = contender.module
+    downstream = module.InMemoryChannel()
+    forwarder = module.ForwardingChannel(
+        downstream, metadata_defaults={"edge_id": "a->b", "from_node": "a"}
+    )
+    send_nowait, receive = forwarder.send_nowait, downstream.receive
+    for message in messages:
+        send_nowait(message)
+    received = None
+    for message in messages:
+        received = await receive()
+        _check(received.payload, message.payload)
+    if received is not None and received.metadata != {"edge_id": "a->b", "from_node": "a"}:
+        raise AssertionError(f"forwarded message not enriched: {received.metadata!r}")
+
+
+async def plain_batch(contender: Contender, messages: Sequence[Any]) -> None:
+    """The forwarding scenario's baseline: a batch through a plain channel."""
+    channel = contender.module.InMemoryChannel()
+    send_nowait, receive = channel.send_nowait, channel.receive
+    for message in messages:
+        send_nowait(message)
+    for message in messages:
+        _check(await receive(), message)
+
+
+async def receive_many(contender: Contender, messages: Sequence[Any]) -> None:
+    channel = contender.module.InMemoryChannel()
+    send_nowait = channel.send_nowait
+    for message in messages:
+        send_nowait(message)
+    received: list[Any] = []
+    while len(received) < len(messages):
+        received += await channel.receive_many(64)
+    if received != list(messages):
+        raise AssertionError("receive_many lost or reordered messages")
+
+
+async def create_message(contender: Contender, messages: Sequence[Any]) -> None:
+    message_type = contender.module.ChannelMessage
+    for i in range(len(messages)):
+        message_type(payload=i)
+
+
+async def clone_message(contender: Contender, messages: Sequence[Any]) -> None:
+    extra = {"hop": 1}
+    for message in messages:
+        message.clone(metadata=extra)
+
+
+@dataclass(slots=True)
+class FourFields:
+    """The construction baseline: a slots dataclass with four fields, like the envelope."""
+
+    payload: Any
+    metadata: dict[str, Any] = field(default_factory=dict)
+    ack: Any = None
+    is_shutdown: bool = False
+
+
+async def create_dataclass(contender: Contender, messages: Sequence[Any]) -> None:
+    for i in range(len(messages)):
+        FourFields(payload=i)
+
+
+async def bridge(contender: Contender, messages: Sequence[Any]) -> None:
+    """QueueBridge over our builds; the other contenders through their own API."""
+    from spark.nodes._bridge import QueueBridge
+
+    if contender.module is None:  # the queue itself (or another library's own API)
+        native = contender.make(0)
+        put_nowait, get = native.send_nowait, native.receive
+    else:
+        queue = QueueBridge(
+            contender.module.InMemoryChannel(), message_type=contender.module.ChannelMessage
+        )
+        put_nowait, get = queue.put_nowait, queue.get
+    for message in messages:
+        put_nowait(message)
+    for message in messages:
+        _check(await get(), message)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario("batch", batch, "send_nowait x N, then await receive() x N"),
+        Scenario("alternating", alternating, "await send(m); await receive(), never blocking"),
+        Scenario("pipeline-100", pipeline_100, "one producer task, one consumer task, maxsize=100"),
+        Scenario("pipeline-1", pipeline_1, "producer and consumer, maxsize=1: a task switch each"),
+        Scenario("ping-pong", ping_pong, "request and reply over two maxsize=1 channels"),
+        Scenario("fan-in-4", fan_in_4, "4 producers, 1 consumer, maxsize=1000"),
+        Scenario(
+            "observer-1",
+            _observed(1, asynchronous=False),
+            "alternating with 1 sync observer",
+            baseline="plain channel",
+            channels_only=True,
+        ),
+        Scenario(
+            "observers-5",
+            _observed(5, asynchronous=False),
+            "alternating with 5 sync observers",
+            baseline="plain channel",
+            channels_only=True,
+        ),
+        Scenario(
+            "async-observer-1",
+            _observed(1, asynchronous=True),
+            "alternating with 1 async observer",
+            baseline="plain channel",
+            channels_only=True,
+        ),
+        Scenario(
+            "async-observers-5",
+            _observed(5, asynchronous=True),
+            "alternating with 5 async observers",
+            baseline="plain channel",
+            channels_only=True,
+        ),
+        Scenario(
+            "forwarding",
+            forwarding,
+            "batch through a ForwardingChannel adding two metadata keys",
+            baseline="plain batch",
+            channels_only=True,
+        ),
+        Scenario(
+            "receive-many",
+            receive_many,
+            "send_nowait x N, then receive_many(64)",
+            baseline="plain batch",
+            channels_only=True,
+        ),
+        Scenario(
+            "create-message",
+            create_message,
+            "ChannelMessage(payload=i)",
+            baseline="dataclass",
+            channels_only=True,
+        ),
+        Scenario(
+            "clone",
+            clone_message,
+            "message.clone(metadata={...})",
+            baseline="dataclass",
+            channels_only=True,
+        ),
+        Scenario("bridge", bridge, "QueueBridge put_nowait x N, then await get() x N"),
+    ]
+}
+"""Every scenario by name, in report order."""
+
+BASELINE_RUNS: dict[str, ScenarioRun] = {
+    "plain channel": plain_alternating,
+    "plain batch": plain_batch,
+    "dataclass": create_dataclass,
+}
+"""How to measure the baselines that are not a contender."""
