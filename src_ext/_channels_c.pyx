@@ -23,6 +23,7 @@ from cpython.ref cimport Py_DECREF, Py_INCREF, _Py_REFCNT
 import asyncio
 import inspect
 from collections.abc import Mapping as _Mapping
+import types
 from types import GenericAlias
 
 from spark.nodes import _channel_base
@@ -42,6 +43,19 @@ from spark.nodes._channel_base import (
     schedule_observer_awaitable,
 )
 
+cdef extern from "Python.h":
+    ctypedef enum PySendResult:
+        PYGEN_RETURN
+        PYGEN_ERROR
+        PYGEN_NEXT
+    PySendResult PyIter_Send(PyObject* iter, PyObject* arg, PyObject** result)
+
+
+cdef inline int raise_current() except -1:
+    """Propagate the exception already set (by a C API call that failed)."""
+    return -1
+
+
 cdef extern from "_am_send.h":
     ctypedef int (*spark_step_fn)(PyObject* op, PyObject* arg, PyObject** result) except -1
     int spark_install_am_send(PyTypeObject* type, spark_step_fn step)
@@ -49,9 +63,17 @@ cdef extern from "_am_send.h":
 cdef object _QueueFull = asyncio.QueueFull
 cdef object _QueueEmpty = asyncio.QueueEmpty
 cdef object _get_running_loop = asyncio.get_running_loop
-cdef object _isawaitable = inspect.isawaitable
+cdef object _InvalidStateError = asyncio.InvalidStateError
+cdef object _inspect_isawaitable = inspect.isawaitable
+cdef object _CoroutineType = types.CoroutineType
+
+
+cdef inline bint _isawaitable(object value) except -1:
+    return type(value) is _CoroutineType or _inspect_isawaitable(value)
 cdef object _MISSING = _channels_py._MISSING
 cdef object _SUSPEND = object()   # _Op._resume's answer when the op must wait
+cdef str _SEND = "send"
+cdef str _RECEIVE = "receive"
 
 __all__ = ["ChannelMessage", "ForwardingChannel", "InMemoryChannel"]
 
@@ -339,17 +361,22 @@ cdef class _Op:
         if state == ST_WAITING:
             return self._wake_up()
         if state == ST_DELEGATING:
-            try:
-                yielded = self.delegate.send(value)
-            except StopIteration as stop:
-                self._release()
-                return stop.value
-            except BaseException:
-                self._release()
-                raise
-            self._delegate_yield = yielded
-            return _SUSPEND
+            return self._step_delegate(value)
         raise RuntimeError("cannot reuse an already awaited channel operation")
+
+    cdef object _step_delegate(self, object value):
+        cdef PyObject* answer = NULL
+        cdef PySendResult status = PyIter_Send(<PyObject*>self.delegate, <PyObject*>value, &answer)
+        if status == PYGEN_ERROR:
+            self._release()
+            raise_current()
+        yielded = <object>answer  # a new reference...
+        Py_DECREF(yielded)  # ...replacing the one PyIter_Send gave us
+        if status == PYGEN_RETURN:
+            self._release()
+            return yielded
+        self._delegate_yield = yielded
+        return _SUSPEND
 
     cdef object _start_send(self):
         cdef InMemoryChannel channel = self.channel
@@ -396,7 +423,12 @@ cdef class _Op:
         return self._observe(message)
 
     cdef object _suspend(self, _Ring waiters):
-        future = _get_running_loop().create_future()
+        cdef InMemoryChannel channel = self.channel
+        loop = _get_running_loop()
+        if loop is not channel._loop:
+            channel._loop = loop
+            channel._create_future = loop.create_future
+        future = channel._create_future()
         future._asyncio_future_blocking = True
         self.future = future
         self.woken = WOKEN_NOT
@@ -454,21 +486,43 @@ cdef class _Op:
         cdef InMemoryChannel channel = self.channel
         cdef ForwardingChannel forwarder = self.forwarder
         cdef tuple observers = channel._observers
-        if not observers and not forwarder._observers:
-            self._release()
-            return result
+        cdef Py_ssize_t i
         if self.kind == OP_SEND:
-            phase = "send"
-            targets = [(observers, channel), (forwarder._observers, forwarder)] if forwarder is not None else [(observers, channel)]
-            messages = [self.message]
+            phase = _SEND
+            message = self.message
         else:
-            phase = "receive"
+            phase = _RECEIVE
+            message = result
+        if forwarder is None and self.kind != OP_RECEIVE_MANY:
+            # The common case, kept lean: one message, one list of observers.
+            for i in range(len(observers)):
+                observer = observers[i]
+                try:
+                    returned = observer(message, channel, phase)
+                except Exception:
+                    report_observer_error(channel, phase, observer)
+                    continue
+                if returned is not None and _isawaitable(returned):
+                    plan = [(observers, i + 1, channel, message)]
+                    return self._delegate_to(
+                        _finish_notify(returned, observer, channel, phase, plan, result)
+                    )
+            self.state = ST_DONE  # nothing else was set: no forwarder, future or delegate
+            self.channel = None
+            self.message = None
+            return result
+        if forwarder is not None:
+            targets = [(observers, channel), (forwarder._observers, forwarder)]
+        else:
             targets = [(observers, channel)]
-            messages = result if self.kind == OP_RECEIVE_MANY else [result]
+        messages = result if self.kind == OP_RECEIVE_MANY else [message]
         delegate = _notify_all(targets, messages, phase, result)
         if delegate is None:
             self._release()
             return result
+        return self._delegate_to(delegate)
+
+    cdef object _delegate_to(self, object delegate):
         self.delegate = delegate
         self.state = ST_DELEGATING
         return self._resume(None)
@@ -497,6 +551,16 @@ cdef int _op_step(PyObject* raw, PyObject* arg, PyObject** result) except -1:
 
 if spark_install_am_send(<PyTypeObject*>_Op, _op_step) != 0:
     raise ImportError("spark.nodes._channels_c: _Op has no async slots")
+
+
+cdef bint _wake(_Op op, int reason) except -1:
+    """Wake a blocked op; False if its task was cancelled meanwhile (nothing promised)."""
+    try:
+        op.future.set_result(None)
+    except _InvalidStateError:  # cancelled: its task will abandon the op
+        return False
+    op.woken = reason
+    return True
 
 
 cdef inline _Op _new_op(InMemoryChannel channel, int kind):
@@ -562,7 +626,8 @@ async def _finish_notify(awaitable, observer, channel, str phase, list plan, res
     except Exception:
         report_observer_error(channel, phase, observer)
     for observers, start, chan, message in plan:
-        await _notify_async(observers, start, chan, message, phase)
+        if start < len(observers):
+            await _notify_async(observers, start, chan, message, phase)
     return result
 
 
@@ -672,6 +737,9 @@ cdef class InMemoryChannel(_ObservedChannel):
     # The last op handed out; reused when only this reference is left, which
     # means it finished (or was dropped unawaited): no allocation per await.
     cdef _Op _spare_op
+    # The loop of the last blocking op and its create_future, looked up once.
+    cdef object _loop
+    cdef object _create_future
 
     def __init__(self, name=None, maxsize=0, observers=None):
         self._name = check_name(name)
@@ -706,23 +774,15 @@ cdef class InMemoryChannel(_ObservedChannel):
 
     cdef int _wake_receivers(self) except -1:
         cdef _Ring receivers = self._receivers
-        cdef _Op op
         while receivers.count and self._buffer.count > self._receivers_woken:
-            op = <_Op>receivers.pop()
-            if not op.future.done():
-                op.woken = WOKEN_PROMISED
-                op.future.set_result(None)
+            if _wake(<_Op>receivers.pop(), WOKEN_PROMISED):
                 self._receivers_woken += 1
         return 0
 
     cdef int _wake_senders(self) except -1:
         cdef _Ring senders = self._senders
-        cdef _Op op
         while senders.count and self._buffer.count + self._senders_woken < self._maxsize:
-            op = <_Op>senders.pop()
-            if not op.future.done():
-                op.woken = WOKEN_PROMISED
-                op.future.set_result(None)
+            if _wake(<_Op>senders.pop(), WOKEN_PROMISED):
                 self._senders_woken += 1
         return 0
 
@@ -815,12 +875,8 @@ cdef class InMemoryChannel(_ObservedChannel):
         cdef list waiting = []
         self._receivers.clear_to(waiting)
         self._senders.clear_to(waiting)
-        cdef _Op op
-        for item in waiting:
-            op = <_Op>item
-            if not op.future.done():
-                op.woken = WOKEN_CLOSED
-                op.future.set_result(None)
+        for op in waiting:
+            _wake(<_Op>op, WOKEN_CLOSED)
 
     @property
     def maxsize(self):
