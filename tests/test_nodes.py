@@ -409,6 +409,30 @@ async def test_unnamed_shutdowns_count_for_one_predecessor_each() -> None:
     await asyncio.wait_for(worker, 10)
 
 
+async def test_every_shutdown_received_is_acknowledged() -> None:
+    acked: list[str] = []
+
+    def acking(source: str) -> ChannelMessage[Any]:
+        async def ack() -> None:
+            acked.append(source)
+
+        message = shutdown(source)
+        message.ack = ack
+        return message
+
+    left, right, merge = Node(id="left"), Node(id="right"), Node(id="merge")
+    left >> merge
+    right >> merge
+    worker = asyncio.create_task(merge.go())
+    await merge.mailbox.send(acking("left"))
+    await merge.mailbox.send(acking("left"))  # a repeat is not counted, but handled
+    await settle()
+    assert acked == ["left", "left"]
+    await merge.mailbox.send(acking("right"))
+    await asyncio.wait_for(worker, 10)
+    assert acked == ["left", "left", "right"]
+
+
 async def test_without_predecessors_any_shutdown_stops_the_node() -> None:
     node = Node()
     await run_until_done(node, shutdown("someone"))

@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from spark.nodes import Edge, Node
+from spark.nodes import Edge, Node, _channels_py
 from spark.nodes._node import RunBinding
 from spark.nodes._shutdown import stop_request
 from spark.nodes.channels import (
@@ -17,6 +17,7 @@ from spark.nodes.channels import (
     ChannelClosed,
     ChannelMessage,
     ForwardingChannel,
+    InMemoryChannel,
     ObserverCallable,
 )
 
@@ -36,6 +37,9 @@ CANCEL_WAIT = 0.5
 """Seconds to wait for cancelled tasks to finish before giving up on them."""
 IDLE_POLL = (0.01, 0.1)
 """The shortest and longest time in seconds between two checks of whether a graph is idle."""
+
+
+_IN_MEMORY = (InMemoryChannel, _channels_py.InMemoryChannel)
 
 
 class _Outcome(NamedTuple):
@@ -402,6 +406,10 @@ def _remove_stale_shutdowns(mailbox: BaseChannel) -> int:
         stats = mailbox.stats()
     except NotImplementedError:
         return -1
+    if not isinstance(mailbox, _IN_MEMORY):
+        # Draining and re-sending would duplicate entries of a shared or
+        # remote backend (and re-deliver them): only in-memory mailboxes.
+        return stats.size
     if stats.size == 0 or stats.closed or stats.senders_waiting or stats.receivers_waiting:
         return stats.size
     kept: list[ChannelMessage[Any]] = []

@@ -196,13 +196,18 @@ class Node:
             finally:
                 self._receiving = False
             if message.is_shutdown:
+                # A shutdown is handled once it is counted (and passed on):
+                # acknowledge it, so a durable mailbox does not deliver it again.
                 if self._stop_flag:
+                    await self._acknowledge(message)
                     return
                 if is_stop_request(message):
                     continue  # left over from an earlier stop(); this run was not stopped
                 if shutdowns.add(message):
                     await self._send_shutdown(message)
+                    await self._acknowledge(message)
                     return
+                await self._acknowledge(message)
                 continue
             await self._handle(message)
 
@@ -250,11 +255,14 @@ class Node:
             await self._report_failure(message, error)
             return
         self._processed += 1
+        await self._acknowledge(message)
+
+    async def _acknowledge(self, message: ChannelMessage[Any]) -> None:
         if message.ack is not None:
             try:
                 await message.ack()
             except Exception:
-                logger.exception("node %r: the ack of a processed message failed", self._name)
+                logger.exception("node %r: the ack of a handled message failed", self._name)
 
     async def _report_failure(self, message: ChannelMessage[Any], error: Exception) -> None:
         dead_letter = self.config.dead_letter
