@@ -8,13 +8,27 @@ graph's ``channel_factory`` routes the edge into that stage's Redis stream.
 The middle stage is scaled out by starting it twice: both processes read the
 "square" stream as consumers of one group, so each number is squared by one
 of them. With ``--crash``, the first square worker is killed with SIGKILL
-part-way and started again under the same consumer name; it first takes back
-what it held, and nothing is lost.
+(part-way, or once the work is done) and started again under the same
+consumer name; it first takes back what it held, and nothing is lost.
 
 Delivery is at least once, so the collect stage drops duplicates by the
-``trace_id`` that every stage passes along. Shutdown travels with the data:
-the generator sends one shutdown per square worker, and each square worker
-sends one to the collector, which stops once it has heard from all of them.
+``trace_id`` that every stage passes along.
+
+Ending the stages: a shutdown written to a stream goes to whichever consumer
+of the group fetches it first, so sending "one shutdown per worker" works only
+if the stream's readers are exactly the workers counted, each stopping at its
+first shutdown. Only the launcher, which starts, kills and restarts the
+processes, knows who they are, so only the launcher sends shutdowns (see
+``close_stage``). Once a stage's upstream processes have exited, none of its
+own will be restarted any more, and its group has acknowledged every entry,
+the launcher sends one shutdown per live process of the stage and waits for
+them to exit; then it does the same for the next stage.
+
+(Stages forwarding shutdowns themselves, the generator one per square worker
+and each square worker one to the collector, is not crash-safe: a square
+worker killed after it had taken its shutdown comes back as a third reader of
+a stream holding two, and either takes the other worker's shutdown, which then
+never stops, or waits forever for one.)
 
 Run it with ``python examples/distributed_pipeline.py`` (starts a throwaway
 ``redis-server``, which must be installed) or point it at a server with
@@ -49,50 +63,33 @@ class RemoteStage(Node):
 class Stage(Node):
     """One stage of the pipeline; several processes may run the same stage.
 
-    It stops after ``shutdowns`` shutdown messages (one per worker of the
-    stage before it), then sends ``downstream_workers`` shutdowns on
-    ``output``, one for each worker of the next stage.
+    It handles messages until the first shutdown: for the generator, the one
+    at the end of its inputs; for the other stages, the one the launcher
+    sends when the stage's work is done (see ``close_stage``).
     """
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        shutdowns: int = 1,
-        output: BaseChannel | None = None,
-        downstream_workers: int = 0,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name=name, live=True, **kwargs)
-        self.shutdowns = shutdowns
-        self.output = output
-        self.downstream_workers = downstream_workers
         self.duplicates = 0
 
     async def go(self) -> None:
         seen: set[str] = set()
-        heard = 0
         async for message in self.mailbox:
             if message.is_shutdown:
-                heard += 1
-                if heard == self.shutdowns:
-                    break
-                continue
+                break  # the channel acknowledged it on delivery
             trace_id = message.metadata.get("trace_id")
             if trace_id in seen:  # a redelivery of something already handled
                 self.duplicates += 1
             else:
                 result = await self.handle(message.payload)
+                # Written downstream before the ack: an acknowledged entry has its result sent.
                 await self.emit(result, parent=message)
                 if trace_id is not None:
                     seen.add(trace_id)
             if message.ack is not None:
                 await message.ack()
-        # Done: prefetched entries go back to the other workers of this stage now.
+        # Done: prefetched entries (another worker's shutdown) go back to the group now.
         self.mailbox.close()
-        for _ in range(self.downstream_workers):
-            assert self.output is not None
-            await self.output.send(ChannelMessage(None, {"source_node": self.id}, is_shutdown=True))
 
     async def handle(self, payload: Any) -> Any:
         return payload
@@ -113,7 +110,7 @@ def stream(url: str, stage: str, **options: Any) -> RedisStreamChannel:
     return RedisStreamChannel(stage, url=url, group=stage, **options)
 
 
-async def run_stage(role: str, url: str, index: int, count: int, workers: int) -> None:
+async def run_stage(role: str, url: str, index: int, count: int) -> None:
     channels: list[RedisStreamChannel] = []
 
     def opened(channel: RedisStreamChannel) -> RedisStreamChannel:
@@ -123,7 +120,7 @@ async def run_stage(role: str, url: str, index: int, count: int, workers: int) -
     inputs: list[Any] = []
     if role == "generate":
         square = opened(stream(url, "square"))
-        node: Stage = Stage("generate", output=square, downstream_workers=workers)
+        node: Stage = Stage("generate")
         node >> RemoteStage(name="square")
         outputs = {"square": square}
         # The inputs: the numbers, then the shutdown that ends this stage.
@@ -131,12 +128,12 @@ async def run_stage(role: str, url: str, index: int, count: int, workers: int) -
     elif role == "square":
         collect = opened(stream(url, "collect"))
         mailbox = opened(stream(url, "square", consumer=f"square-{index}", claim_idle=2.0))
-        node = Square(index, mailbox=mailbox, output=collect, downstream_workers=1)
+        node = Square(index, mailbox=mailbox)
         node >> RemoteStage(name="collect")
         outputs = {"collect": collect}
     else:
         mailbox = opened(stream(url, "collect", consumer="collect-0", claim_idle=2.0))
-        node = Stage("collect", mailbox=mailbox, shutdowns=workers)
+        node = Stage("collect", mailbox=mailbox)
         outputs = {}
 
     def channel_factory(edge: Edge) -> BaseChannel:
@@ -152,19 +149,68 @@ async def run_stage(role: str, url: str, index: int, count: int, workers: int) -
         print(json.dumps({"results": result.outputs, "duplicates": node.duplicates}), flush=True)
 
 
+class StageFailed(RuntimeError):
+    """A stage's process failed, or the stage did not finish in time."""
+
+
+async def close_stage(
+    url: str, stage: str, processes: list[subprocess.Popen[str]], deadline: float
+) -> None:
+    """Once ``stage`` has handled its whole input, send one shutdown per process.
+
+    Call it when every process that writes to the stage's stream has exited
+    and none of ``processes`` (the stage's live processes) will be restarted.
+    Then nothing new arrives, an entry is acknowledged only once its result
+    is written downstream, and an entry held by a killed process stays
+    pending until its restarted successor (or, after ``claim_idle``, another
+    worker) has handled it: a backlog of zero means the stage's work is done.
+    Each live process then takes exactly one shutdown, as each stops at its
+    first and hands any other it prefetched back to the group.
+    """
+    async with stream(url, stage) as channel:
+        while True:
+            backlog = await channel.backlog()
+            if backlog.lag is None:
+                raise StageFailed("this Redis cannot report a group's lag; use Redis 7.0 or later")
+            if backlog.outstanding == 0:
+                break
+            for process in processes:
+                if process.poll() is not None:
+                    raise StageFailed(
+                        f"a {stage} process (pid {process.pid}) exited with status "
+                        f"{process.returncode} before its stage was done"
+                    )
+            if time.monotonic() > deadline:
+                raise StageFailed(f"the {stage} stage still has {backlog} at the deadline")
+            await asyncio.sleep(0.05)
+        await channel.send_many(
+            [ChannelMessage(None, {"source_node": "launcher"}, is_shutdown=True) for _ in processes]
+        )
+
+
+def wait_for(process: subprocess.Popen[str], role: str, deadline: float) -> None:
+    try:
+        status = process.wait(timeout=max(deadline - time.monotonic(), 1.0))
+    except subprocess.TimeoutExpired:
+        raise StageFailed(f"the {role} process (pid {process.pid}) did not exit in time") from None
+    if status != 0:
+        raise StageFailed(f"the {role} process (pid {process.pid}) exited with status {status}")
+
+
 def spawn(role: str, url: str, index: int, args: argparse.Namespace) -> subprocess.Popen[str]:
     command = [sys.executable, __file__, "--role", role, "--url", url, "--index", str(index)]
-    command += ["--count", str(args.count), "--workers", str(args.workers)]
+    command += ["--count", str(args.count)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
 
 
 def launch(args: argparse.Namespace, url: str) -> int:
-    """Start every stage's processes, wait for them, and check the collector's results."""
+    """Start every stage's processes, end the stages in order, and check the results."""
     started = time.monotonic()
-    processes = [spawn("collect", url, 0, args)]
+    deadline = started + args.crash + 60.0  # generous: a shared, loaded machine can be slow
+    collector = spawn("collect", url, 0, args)
     squares = [spawn("square", url, i, args) for i in range(args.workers)]
-    processes += squares
-    processes.append(spawn("generate", url, 0, args))
+    generator = spawn("generate", url, 0, args)
+    processes = [collector, *squares, generator]
     try:
         if args.crash:
             time.sleep(args.crash)
@@ -172,10 +218,20 @@ def launch(args: argparse.Namespace, url: str) -> int:
             os.kill(victim.pid, signal.SIGKILL)
             victim.wait()
             print(f"killed square worker 0 (pid {victim.pid}) with SIGKILL; restarting it")
-            processes.append(spawn("square", url, 0, args))
-        output, _ = processes[0].communicate(timeout=120)
-        for process in processes[1:]:
-            process.wait(timeout=30)
+            squares[0] = spawn("square", url, 0, args)
+            processes.append(squares[0])
+        # No process is restarted from here on: the live ones are every reader there will be.
+        wait_for(generator, "generate", deadline)
+        asyncio.run(close_stage(url, "square", squares, deadline))
+        for square in squares:
+            wait_for(square, "square", deadline)
+        asyncio.run(close_stage(url, "collect", [collector], deadline))
+        output, _ = collector.communicate(timeout=max(deadline - time.monotonic(), 1.0))
+        if collector.returncode != 0:
+            raise StageFailed(f"the collect process exited with status {collector.returncode}")
+    except StageFailed as error:
+        print(f"FAILED: {error}", file=sys.stderr)
+        return 1
     finally:
         for process in processes:
             if process.poll() is None:
@@ -211,7 +267,7 @@ def main() -> int:
     args = parser.parse_args()
 
     if args.role is not None:
-        asyncio.run(run_stage(args.role, args.url, args.index, args.count, args.workers))
+        asyncio.run(run_stage(args.role, args.url, args.index, args.count))
         return 0
     if args.url is not None:
         # Fresh stream names would be cleaner on a shared server; this keeps the demo short.
