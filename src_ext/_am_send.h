@@ -1,4 +1,5 @@
-/* Lets a Cython class answer `await` through the am_send slot (CPython 3.10+).
+/* Lets a Cython class answer `await` through the am_send slot (CPython 3.10+),
+ * and through a tp_iternext that raises its StopIteration cheaply (3.12+).
  *
  * The interpreter's SEND (3.10, 3.11) and asyncio's C Task call PyIter_Send,
  * which uses am_send when a type has it: the result of a finished operation
@@ -26,6 +27,46 @@ static PySendResult spark_am_send(PyObject *op, PyObject *arg, PyObject **result
     return status == 0 ? PYGEN_RETURN : PYGEN_NEXT;
 }
 
+/* Finish an iteration with `value` (a reference this steals) as the result.
+ *
+ * Since CPython 3.12 the interpreter's SEND calls tp_iternext, so the result
+ * has to travel in a StopIteration. Raising it from C, with no Python frame,
+ * costs no traceback; a None result needs no exception at all (an iterator
+ * that stops without one returns None). */
+static PyObject *spark_stop_iteration(PyObject *value)
+{
+    if (value == Py_None) {
+        Py_DECREF(value);
+        return NULL;
+    }
+    if (PyTuple_Check(value) || PyExceptionInstance_Check(value)) {
+        /* PyErr_SetObject would unpack a tuple or use an exception as is. */
+        PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, value);
+        Py_DECREF(value);
+        if (stop != NULL) {
+            PyErr_SetObject(PyExc_StopIteration, stop);
+            Py_DECREF(stop);
+        }
+        return NULL;
+    }
+    PyErr_SetObject(PyExc_StopIteration, value);
+    Py_DECREF(value);
+    return NULL;
+}
+
+static PyObject *spark_iternext(PyObject *op)
+{
+    PyObject *result = NULL;
+    int status = spark_step(op, Py_None, &result);
+    if (status < 0) {
+        return NULL;
+    }
+    if (status == 1) {
+        return result; /* the future to wait on */
+    }
+    return spark_stop_iteration(result);
+}
+
 /* Returns 0 on success, -1 if the type has no async slots to extend. */
 static int spark_install_am_send(PyTypeObject *type, spark_step_fn step)
 {
@@ -34,7 +75,26 @@ static int spark_install_am_send(PyTypeObject *type, spark_step_fn step)
     }
     spark_step = step;
     type->tp_as_async->am_send = spark_am_send;
+    type->tp_iternext = spark_iternext;
     return 0;
+}
+
+/* Replace an attribute of a (static, immutable) extension type. */
+static int spark_set_type_attribute(PyTypeObject *type, const char *name, PyObject *value)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *dict = PyType_GetDict(type);
+#else
+    PyObject *dict = type->tp_dict;
+    Py_XINCREF(dict);
+#endif
+    if (dict == NULL) {
+        return -1;
+    }
+    int status = PyDict_SetItemString(dict, name, value);
+    Py_DECREF(dict);
+    PyType_Modified(type);
+    return status;
 }
 
 #endif
