@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: test bench lint clean
+.PHONY: test bench lint wheels clean
 
 $(INSTALLED): pyproject.toml setup.py $(wildcard src_ext/*.pyx src_ext/*.pxd src_ext/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,5 +25,10 @@ lint: $(INSTALLED)
 	$(BIN)/python -m ruff check spark tests benchmarks
 	$(BIN)/python -m ruff format --check spark tests benchmarks
 
+# A manylinux wheel per CPython >= 3.10 that pyenv lists, each tested after
+# installing it in a clean venv; `make wheels PYTHONS=python3` for just one.
+wheels:
+	scripts/wheels.sh $(PYTHONS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info spark/nodes/*.so src_ext/*.c
+	rm -rf $(VENV) build dist wheelhouse *.egg-info spark/nodes/*.so src_ext/*.c src_ext/*.html
