@@ -17,8 +17,9 @@ $(INSTALLED): pyproject.toml setup.py $(wildcard src_ext/*.pyx src_ext/*.pxd src
 test: $(INSTALLED)
 	SPARK_REQUIRE_EXTENSIONS=1 $(BIN)/python -m pytest
 
+# Every scenario, side by side against asyncio.Queue: see python -m spark.bench --help.
 bench: $(INSTALLED)
-	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-columns=median,iqr,rounds --benchmark-sort=name
+	$(BIN)/python -m spark.bench
 
 lint: $(INSTALLED)
 	$(BIN)/python -m mypy

@@ -718,3 +718,11 @@ async def test_a_stop_request_reaches_a_full_mailbox_once_there_is_room() -> Non
     assert result.cancelled == []
     assert handled == [0, 1, 2]
     assert node.mailbox.empty()
+
+
+def test_task_inputs_accept_envelopes_of_either_build() -> None:
+    from spark.graphs import Task
+    from spark.nodes import _channels_py
+
+    task = Task(inputs=[_channels_py.ChannelMessage(1), ChannelMessage(2)])
+    assert [message.payload for message in task.messages()] == [1, 2]

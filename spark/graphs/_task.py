@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeAlias
 
+from spark.nodes import _channel_base
 from spark.nodes.channels import ChannelMessage
 
 __all__ = ["Budget", "NodeMessage", "Task", "TaskInput", "TaskType"]
@@ -39,6 +40,11 @@ class NodeMessage:
 
 TaskInput: TypeAlias = NodeMessage | ChannelMessage[Any]
 """One input: a ``NodeMessage``, or a ``ChannelMessage`` delivered as it is (a shutdown, say)."""
+
+
+def _input_types() -> tuple[type, ...]:
+    # Envelopes of either build (pure or compiled) are accepted.
+    return (NodeMessage, ChannelMessage, *_channel_base.message_types)
 
 
 def _check_seconds(owner: str, value: object, *, allow_zero: bool) -> None:
@@ -106,15 +112,16 @@ class Task:
         inputs = self.inputs
         if inputs is None:
             return []
-        if isinstance(inputs, (NodeMessage, ChannelMessage)):
-            return [inputs]
+        if isinstance(inputs, _input_types()):
+            return [inputs]  # type: ignore[list-item]
         if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Sequence):
             raise TypeError(
                 "Task.inputs must be a NodeMessage, a ChannelMessage, a list of them, or None; "
                 f"got {type(inputs).__name__}"
             )
+        accepted = _input_types()
         for item in inputs:
-            if not isinstance(item, (NodeMessage, ChannelMessage)):
+            if not isinstance(item, accepted):
                 raise TypeError(
                     f"each input must be a NodeMessage or a ChannelMessage, got "
                     f"{type(item).__name__}; wrap values: NodeMessage(content=value)"
