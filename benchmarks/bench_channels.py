@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from spark.bench.scenarios import BASELINE_RUNS, SCENARIOS, make_messages
+from spark.bench.scenarios import BASELINE_RUNS, SCENARIOS, make_messages, verify
 
 N = 10_000
 
@@ -21,11 +21,12 @@ def _run(benchmark: Any, loop: asyncio.AbstractEventLoop, scenario: Any, contend
     messages = make_messages(contender, N)
     benchmark.group = f"{scenario.name} on {type(loop).__module__.split('.')[0]}"
     benchmark.extra_info["messages"] = N
-    benchmark.pedantic(
+    received = benchmark.pedantic(
         lambda: loop.run_until_complete(scenario.run(contender, messages)),
         rounds=10,
         warmup_rounds=1,
     )
+    verify(received, messages)
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))

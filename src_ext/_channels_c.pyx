@@ -157,17 +157,12 @@ cdef inline bint _is_message(object message):
     return type(message) is ChannelMessage or isinstance(message, _channel_base.message_types)
 
 
-cdef inline ChannelMessage _with_metadata(object message, object metadata):
-    """A copy of ``message`` carrying ``metadata`` (used by ForwardingChannel)."""
+cdef ChannelMessage _with_metadata(object message, object metadata):
+    """A compiled copy of a message of another class, carrying ``metadata``."""
     cdef ChannelMessage copy = ChannelMessage.__new__(ChannelMessage)
-    if type(message) is ChannelMessage:
-        copy.payload = (<ChannelMessage>message).payload
-        copy.ack = (<ChannelMessage>message).ack
-        copy.is_shutdown = (<ChannelMessage>message).is_shutdown
-    else:
-        copy.payload = message.payload
-        copy.ack = message.ack
-        copy.is_shutdown = message.is_shutdown
+    copy.payload = message.payload
+    copy.ack = message.ack
+    copy.is_shutdown = message.is_shutdown
     copy.metadata = metadata
     return copy
 
@@ -478,10 +473,13 @@ cdef class _Op:
 
     cdef inline object _observe(self, object result):
         """Run the observers; the op's result when done, or _SUSPEND to await one."""
-        if not self.channel._observers and self.forwarder is None:
+        cdef ForwardingChannel forwarder = self.forwarder
+        if not self.channel._observers and (forwarder is None or not forwarder._observers):
             self.state = ST_DONE
             self.channel = None
             self.message = None
+            if forwarder is not None:
+                self.forwarder = None
             return result
         return self._observe_slowly(result)
 
@@ -984,14 +982,22 @@ cdef class ForwardingChannel(_ObservedChannel):
         cdef dict defaults = self._defaults
         if defaults is None:
             return message
-        metadata = message.metadata
+        cdef bint exact = type(message) is ChannelMessage
+        metadata = (<ChannelMessage>message).metadata if exact else message.metadata
         merged = PyDict_Copy(defaults)
         if metadata:
             if type(metadata) is dict:
                 PyDict_Update(merged, metadata)
             else:
                 merged.update(metadata)
-        return _with_metadata(message, merged)
+        if not exact:
+            return _with_metadata(message, merged)
+        cdef ChannelMessage copy = ChannelMessage.__new__(ChannelMessage)
+        copy.payload = (<ChannelMessage>message).payload
+        copy.metadata = merged
+        copy.ack = (<ChannelMessage>message).ack
+        copy.is_shutdown = (<ChannelMessage>message).is_shutdown
+        return copy
 
     def send(self, message):
         """Send the enriched message to ``downstream``, waiting while it is full."""

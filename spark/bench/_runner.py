@@ -28,6 +28,7 @@ from .scenarios import (
     ScenarioRun,
     available_contenders,
     make_messages,
+    verify,
 )
 
 LOOP_NAMES = ("asyncio", "uvloop")
@@ -153,8 +154,9 @@ def measure(
         for plan in plans:
             progress(done, plan)
             started = time.perf_counter()
-            loop.run_until_complete(plan.run(plan.contender, plan.messages))
+            received = loop.run_until_complete(plan.run(plan.contender, plan.messages))
             elapsed = time.perf_counter() - started
+            verify(received, plan.messages)
             plan.cell.samples_ns.append(elapsed * 1e9 / len(plan.messages))
             done += 1
 
