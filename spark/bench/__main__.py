@@ -62,6 +62,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="FILE", help="also write every result and sample here")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the ratios (needs matplotlib)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown ratio table too")
+    parser.add_argument(
+        "--update-readme",
+        metavar="FILE",
+        help=f"replace the block between {README_START} and {README_END} in FILE with the results",
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
     if unknown:
@@ -82,6 +87,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+README_START = "<!-- bench:start -->"
+README_END = "<!-- bench:end -->"
+
+
+def update_readme(path: str, section: str) -> None:
+    """Put ``section`` between the bench markers of the file at ``path``."""
+    with open(path, encoding="utf-8") as readme:
+        text = readme.read()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{path} has no {README_START} ... {README_END} block to fill")
+    text = text[: start + len(README_START)] + "\n" + section + "\n" + text[end:]
+    with open(path, "w", encoding="utf-8") as readme:
+        readme.write(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     loops = available_loops(args.loops)
@@ -95,6 +116,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(rows, loops))
     if args.markdown:
         print(format_markdown(rows, loops))
+    if args.update_readme:
+        command = " ".join(["python -m spark.bench", *(argv if argv is not None else sys.argv[1:])])
+        section = "\n".join(
+            [
+                f"Measured with `{command}` on: {about}; "
+                f"{args.messages:,} messages per run, median of {args.runs} runs per cell.",
+                "",
+                format_markdown(rows, loops),
+            ]
+        )
+        update_readme(args.update_readme, section)
+        print(f"results written into {args.update_readme}")
     if args.json:
         write_json(args.json, rows, cells, about)
         print(f"results written to {args.json}")

@@ -254,23 +254,34 @@ def plot(path: str, rows: Sequence[Result], loops: Sequence[str], about: str) ->
         raise SystemExit(
             "--plot needs matplotlib: pip install 'spark-channels[plot]' or matplotlib"
         ) from None
-    contenders = list(dict.fromkeys(r.contender for r in rows))
-    groups = [(s, loop) for s in dict.fromkeys(r.scenario for r in rows) for loop in loops]
-    lookup = {(r.scenario, r.contender, r.loop): r.ratio for r in rows}
-    width = 0.8 / len(contenders)
-    figure, axes = plt.subplots(figsize=(max(8.0, len(groups) * 0.7), 5))
-    for i, contender in enumerate(contenders):
-        xs = [g + i * width for g in range(len(groups))]
-        heights = [lookup.get((s, contender, loop), 0.0) for s, loop in groups]
-        axes.bar(xs, heights, width, label=contender)
-    axes.axhline(1.0, color="black", linewidth=0.8)
-    axes.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
-    axes.set_xticklabels([f"{s}\n{loop}" for s, loop in groups], rotation=90, fontsize=7)
-    axes.set_ylabel("time per message / baseline (lower is better)")
-    axes.set_title(about, fontsize=8)
-    axes.legend(fontsize=8)
+    # One panel per kind of baseline (asyncio.Queue, the plain channel, ...),
+    # on a log scale: a ratio of 0.25 and one of 4 are as far from 1.
+    baselines = list(dict.fromkeys(r.baseline for r in rows))
+    figure, panels = plt.subplots(
+        len(baselines), 1, figsize=(12, 3.2 * len(baselines)), squeeze=False
+    )
+    for panel, baseline in zip([p[0] for p in panels], baselines, strict=True):
+        chosen = [r for r in rows if r.baseline == baseline]
+        contenders = list(dict.fromkeys(r.contender for r in chosen))
+        groups = [(s, loop) for s in dict.fromkeys(r.scenario for r in chosen) for loop in loops]
+        lookup = {(r.scenario, r.contender, r.loop): r.ratio for r in chosen}
+        width = 0.8 / len(contenders)
+        for i, contender in enumerate(contenders):
+            xs = [g + i * width for g in range(len(groups))]
+            heights = [lookup.get((s, contender, loop), float("nan")) for s, loop in groups]
+            panel.bar(xs, heights, width, label=contender)
+        panel.axhline(1.0, color="black", linewidth=0.8)
+        panel.set_yscale("log")
+        panel.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
+        panel.set_xticklabels([f"{s}\n{loop}" for s, loop in groups], fontsize=7)
+        panel.set_ylabel(f"time / {baseline}", fontsize=8)
+        panel.legend(fontsize=7, ncol=len(contenders))
+    figure.suptitle(
+        f"{about}\nratio of time per message to the baseline (log scale, lower is better)",
+        fontsize=8,
+    )
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
 
 

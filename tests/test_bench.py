@@ -1,0 +1,75 @@
+"""python -m spark.bench: runs, reports ratios, writes JSON, fills the README block."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from spark.bench.__main__ import README_END, README_START, main
+from spark.bench.scenarios import SCENARIOS
+
+SMALL = ["--messages", "300", "--runs", "2", "--loops", "asyncio"]
+
+
+def test_reports_every_contender_against_asyncio_queue(tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert main(["--scenarios", "batch,pipeline-1", "--json", str(out), *SMALL]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0].startswith("CPython ")
+    assert "cores" in printed.splitlines()[0]
+    document = json.loads(out.read_text())
+    rows = document["results"]
+    assert {r["scenario"] for r in rows} == {"batch", "pipeline-1"}
+    assert {"python", "asyncio.Queue"} <= {r["contender"] for r in rows}
+    for row in rows:
+        assert row["ratio"] == pytest.approx(row["ns_per_message"] / row["baseline_ns_per_message"])
+        if row["contender"] == "asyncio.Queue":
+            assert row["ratio"] == 1.0
+    assert all(len(cell["samples_ns"]) == 2 for cell in document["cells"])
+
+
+def test_channel_only_scenarios_use_their_own_baseline(tmp_path):
+    out = tmp_path / "results.json"
+    main(["--scenarios", "observer-1,create-message", "--json", str(out), *SMALL])
+    rows = json.loads(out.read_text())["results"]
+    assert {r["contender"] for r in rows} <= {"python", "cython"}
+    assert {r["baseline"] for r in rows} == {"plain channel", "dataclass"}
+
+
+def test_fills_the_readme_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n{README_START}\nold numbers\n{README_END}\ntail\n")
+    main(["--scenarios", "batch", "--update-readme", str(readme), *SMALL])
+    text = readme.read_text()
+    assert "old numbers" not in text and text.endswith(f"{README_END}\ntail\n")
+    assert "| batch | asyncio.Queue |" in text
+    assert "python -m spark.bench --scenarios batch" in text
+
+
+def test_refuses_unknown_scenarios_and_loops(capsys):
+    with pytest.raises(SystemExit):
+        main(["--scenarios", "nope"])
+    assert "unknown scenario" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="unknown loop"):
+        main(["--loops", "trio", "--scenarios", "batch"])
+
+
+def test_every_scenario_moves_every_message():
+    import asyncio
+
+    from spark.bench.scenarios import BASELINE_RUNS, available_contenders, make_messages, verify
+
+    loop = asyncio.new_event_loop()
+    try:
+        for contender in available_contenders():
+            messages = make_messages(contender, 64)
+            for scenario in SCENARIOS.values():
+                if scenario.channels_only and not contender.is_channel:
+                    continue
+                verify(loop.run_until_complete(scenario.run(contender, messages)), messages)
+                baseline = BASELINE_RUNS.get(scenario.baseline)
+                if baseline is not None and contender.is_channel:
+                    loop.run_until_complete(baseline(contender, messages))
+    finally:
+        loop.close()
