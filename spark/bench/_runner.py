@@ -216,7 +216,11 @@ def format_table(rows: Sequence[Result], loops: Sequence[str]) -> str:
 
 
 def format_markdown(rows: Sequence[Result], loops: Sequence[str]) -> str:
-    """A Markdown table of the ratios: scenarios as rows, contender and loop as columns."""
+    """A Markdown table of the ratios: scenarios as rows, contender and loop as columns.
+
+    Against a baseline of the same build (observers, forwarding), a cell also
+    says how many nanoseconds per message the scenario adds to it.
+    """
     contenders = list(dict.fromkeys(r.contender for r in rows))
     lookup = {(r.scenario, r.contender, r.loop): r for r in rows}
     columns = [(c, loop) for c in contenders for loop in loops]
@@ -228,7 +232,12 @@ def format_markdown(rows: Sequence[Result], loops: Sequence[str]) -> str:
         cells = []
         for contender, loop in columns:
             row = lookup.get((name, contender, loop))
-            cells.append("" if row is None else f"{row.ratio:.2f}")
+            if row is None:
+                cells.append("")
+            elif row.baseline in BASELINE_RUNS:
+                cells.append(f"{row.ratio:.2f} ({row.added_ns_per_message:+,.0f} ns)")
+            else:
+                cells.append(f"{row.ratio:.2f}")
         lines.append(f"| {name} | {SCENARIOS[name].baseline} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
