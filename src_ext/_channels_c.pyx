@@ -457,7 +457,7 @@ cdef class _Op:
         channel._receivers_woken -= 1
         return self._received(channel._dequeue())
 
-    cdef void _abandon(self):
+    cdef int _abandon(self) except -1:
         """Leave the channel as if this blocked op had never started."""
         cdef InMemoryChannel channel = self.channel
         cdef bint sending = self.kind == OP_SEND
@@ -470,6 +470,7 @@ cdef class _Op:
                 channel._wake_receivers()
         elif self.woken == WOKEN_NOT:
             (channel._senders if sending else channel._receivers).remove(self)
+        return 0
 
     cdef inline object _observe(self, object result):
         """Run the observers; the op's result when done, or _SUSPEND to await one."""
@@ -487,7 +488,6 @@ cdef class _Op:
         cdef InMemoryChannel channel = self.channel
         cdef ForwardingChannel forwarder = self.forwarder
         cdef tuple observers = channel._observers
-        cdef Py_ssize_t i
         if self.kind == OP_SEND:
             phase = _SEND
             message = self.message
@@ -496,22 +496,17 @@ cdef class _Op:
             message = result
         if forwarder is None and self.kind != OP_RECEIVE_MANY:
             # The common case, kept lean: one message, one list of observers.
-            for i in range(len(observers)):
-                observer = observers[i]
-                try:
-                    returned = observer(message, channel, phase)
-                except Exception:
-                    report_observer_error(channel, phase, observer)
-                    continue
-                if returned is not None and _isawaitable(returned):
-                    plan = [(observers, i + 1, channel, message)]
-                    return self._delegate_to(
-                        _finish_notify(returned, observer, channel, phase, plan, result)
-                    )
-            self.state = ST_DONE  # nothing else was set: no forwarder, future or delegate
-            self.channel = None
-            self.message = None
-            return result
+            hit = _call_observers(observers, 0, channel, message, phase)
+            if hit is None:
+                self.state = ST_DONE  # nothing else was set: no forwarder, future or delegate
+                self.channel = None
+                self.message = None
+                return result
+            awaitable, observer, following = hit
+            plan = [(observers, following, channel, message)]
+            return self._delegate_to(
+                _finish_notify(awaitable, observer, channel, phase, plan, result)
+            )
         if forwarder is not None:
             targets = [(observers, channel), (forwarder._observers, forwarder)]
         else:
