@@ -639,15 +639,15 @@ async def _notify_async(tuple observers, Py_ssize_t start, channel, message, str
             report_observer_error(channel, phase, observer)
 
 
-cdef void _notify_nowait(tuple observers, object channel, object message, str phase) except *:
-    for observer in observers:
-        try:
-            returned = observer(message, channel, phase)
-        except Exception:
-            report_observer_error(channel, phase, observer)
-            continue
-        if returned is not None and _isawaitable(returned):
-            schedule_observer_awaitable(channel, phase, observer, returned)
+cdef int _notify_nowait(tuple observers, object channel, object message, str phase) except -1:
+    """Call every observer; schedule the awaitables they return on the running loop."""
+    cdef Py_ssize_t start = 0
+    while True:
+        hit = _call_observers(observers, start, channel, message, phase)
+        if hit is None:
+            return 0
+        awaitable, observer, start = hit
+        schedule_observer_awaitable(channel, phase, observer, awaitable)
 
 
 # -- channels ---------------------------------------------------------------

@@ -833,10 +833,19 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
 
     key = ["-newkey", "rsa:2048", "-nodes"]
-    openssl("req", "-x509", *key, "-days", "1", "-subj", "/CN=test-ca", "-keyout", "ca.key",
-            "-out", "ca.crt")  # fmt: skip
+    # Extensions a strict verifier (Python 3.13's default context) insists on.
+    ca_extensions = ["-addext", "basicConstraints=critical,CA:TRUE",
+                     "-addext", "keyUsage=critical,keyCertSign,cRLSign"]  # fmt: skip
+    openssl("req", "-x509", *key, "-days", "1", "-subj", "/CN=test-ca", *ca_extensions,
+            "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
     openssl("req", *key, "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
-    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    (directory / "san.ext").write_text(
+        "subjectAltName=IP:127.0.0.1\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+        "subjectKeyIdentifier=hash\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+    )
     signing = ["-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1"]
     openssl("x509", "-req", "-in", "server.csr", *signing, "-extfile", "san.ext",
             "-out", "server.crt")  # fmt: skip
