@@ -736,6 +736,8 @@ cdef class InMemoryChannel(_ObservedChannel):
     # The loop of the last blocking op and its create_future, looked up once.
     cdef object _loop
     cdef object _create_future
+    # A receive whose async observers are still to be awaited (3.12+ receive).
+    cdef object _pending_receive
 
     def __init__(self, name=None, maxsize=0, observers=None):
         self._name = check_name(name)
@@ -841,16 +843,37 @@ cdef class InMemoryChannel(_ObservedChannel):
         return _new_op(self, OP_RECEIVE)
 
     def _receive_ready(self):
-        """The next message when it can be taken without waiting or observers, else _NOT_READY."""
+        """The next message when one can be taken without waiting, else _NOT_READY.
+
+        Used by the Python-coroutine ``receive`` (CPython 3.12+). Observers
+        run here; when one returns an awaitable, the rest of the receive is
+        left in ``_pending_receive`` and _NOT_READY is returned, so that
+        ``_receive_awaitable`` hands it over to be awaited.
+        """
         cdef _Ring buffer = self._buffer
-        if buffer.count and not self._receivers_woken and not self._observers:
-            message = self._dequeue()
-            if self._senders.count:
-                self._wake_senders()
-            return message
-        return _NOT_READY
+        if not buffer.count or self._receivers_woken:
+            return _NOT_READY
+        message = self._dequeue()
+        if self._senders.count:
+            self._wake_senders()
+        cdef tuple observers = self._observers
+        if observers:
+            hit = _call_observers(observers, 0, self, message, _RECEIVE)
+            if hit is not None:
+                awaitable, observer, following = hit
+                plan = [(observers, following, self, message)]
+                self._pending_receive = _finish_notify(
+                    awaitable, observer, self, _RECEIVE, plan, message
+                )
+                return _NOT_READY
+        return message
 
     def _receive_awaitable(self):
+        """What receive awaits when _receive_ready had no message to give."""
+        pending = self._pending_receive
+        if pending is not None:
+            self._pending_receive = None
+            return pending
         return _new_op(self, OP_RECEIVE)
 
     def receive_nowait(self):
