@@ -66,6 +66,8 @@ cdef object _QueueFull = asyncio.QueueFull
 cdef object _QueueEmpty = asyncio.QueueEmpty
 cdef object _get_running_loop = asyncio.get_running_loop
 cdef object _InvalidStateError = asyncio.InvalidStateError
+cdef object _Future = asyncio.Future
+cdef object _future_set_result = asyncio.Future.set_result
 cdef object _inspect_isawaitable = inspect.isawaitable
 cdef object _CoroutineType = types.CoroutineType
 
@@ -552,7 +554,11 @@ if spark_install_am_send(<PyTypeObject*>_Op, _op_step) != 0:
 cdef bint _wake(_Op op, int reason) except -1:
     """Wake a blocked op; False if its task was cancelled meanwhile (nothing promised)."""
     try:
-        op.future.set_result(None)
+        future = op.future
+        if type(future) is _Future:
+            _future_set_result(future, None)  # no bound method built per wake-up
+        else:
+            future.set_result(None)
     except _InvalidStateError:  # cancelled: its task will abandon the op
         return False
     op.woken = reason
@@ -577,7 +583,7 @@ cdef inline _Op _new_op(InMemoryChannel channel, int kind):
     return op
 
 
-cdef object _call_observers(tuple observers, Py_ssize_t start, object channel, object message, str phase):
+cdef inline object _call_observers(tuple observers, Py_ssize_t start, object channel, object message, str phase):
     """Call observers[start:]; stop at the first that returns an awaitable: (awaitable, observer, next index)."""
     cdef Py_ssize_t i
     for i in range(start, len(observers)):
