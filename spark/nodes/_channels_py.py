@@ -117,6 +117,7 @@ class InMemoryChannel(BaseChannel):
         "_peak_size",
         "_receivers",
         "_receivers_woken",
+        "_rising",
         "_senders",
         "_senders_woken",
         "_sent",
@@ -143,6 +144,7 @@ class InMemoryChannel(BaseChannel):
         # The size just before each dequeue; with the size now, its maximum
         # is the peak, and the send path stays free of the bookkeeping.
         self._peak_size = 0
+        self._rising = False
 
     # -- sending ---------------------------------------------------------
 
@@ -162,6 +164,7 @@ class InMemoryChannel(BaseChannel):
         buffer = self._buffer
         buffer.append(message)
         self._sent += 1
+        self._rising = True
         if self._receivers:
             self._wake_receivers()
         if self._observers:
@@ -183,6 +186,7 @@ class InMemoryChannel(BaseChannel):
             raise asyncio.QueueFull
         buffer.append(message)
         self._sent += 1
+        self._rising = True
         if self._receivers:
             self._wake_receivers()
         if self._observers:
@@ -224,8 +228,10 @@ class InMemoryChannel(BaseChannel):
         """
         buffer = self._buffer
         if buffer and not self._receivers_woken:
-            if len(buffer) > self._peak_size:
-                self._peak_size = len(buffer)
+            if self._rising:  # the first receive after sends: the size may be a new peak
+                self._rising = False
+                if len(buffer) > self._peak_size:
+                    self._peak_size = len(buffer)
             message = buffer.popleft()
         else:
             message = await self._wait_for_message()
@@ -351,6 +357,11 @@ class InMemoryChannel(BaseChannel):
             receivers_waiting=_count_pending(self._receivers),
             closed=self._closed,
         )
+
+    def _note_peak(self) -> None:
+        self._rising = False
+        if len(self._buffer) > self._peak_size:
+            self._peak_size = len(self._buffer)
 
     def _closed_error(self) -> ChannelClosed:
         return ChannelClosed(f"channel {self._name!r} is closed")
