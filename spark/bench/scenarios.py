@@ -49,45 +49,36 @@ class Contender:
     """Whether it is one of our builds (observer and forwarding scenarios need one)."""
 
 
-class _QueueAdapter:
-    """``asyncio.Queue`` under the channel method names, bound once."""
+class _Bound:
+    """Another library's sender and receiver under the channel method names, bound once."""
 
     __slots__ = ("receive", "receive_nowait", "send", "send_nowait")
 
-    def __init__(self, maxsize: int) -> None:
-        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
-        self.send = queue.put
-        self.send_nowait = queue.put_nowait
-        self.receive = queue.get
-        self.receive_nowait = queue.get_nowait
+    def __init__(self, sender: Any, receiver: Any, put: str, get: str) -> None:
+        self.send = getattr(sender, put)
+        self.send_nowait = getattr(sender, f"{put}_nowait")
+        self.receive = getattr(receiver, get)
+        self.receive_nowait = getattr(receiver, f"{get}_nowait")
 
 
-class _AnyioAdapter:
+def _queue(maxsize: int) -> _Bound:
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
+    return _Bound(queue, queue, "put", "get")
+
+
+def _anyio(maxsize: int) -> _Bound:
     """anyio's memory object stream (``maxsize=0`` there means no buffer, so 0 maps to inf)."""
+    import anyio
 
-    __slots__ = ("receive", "receive_nowait", "send", "send_nowait")
-
-    def __init__(self, maxsize: int) -> None:
-        import anyio
-
-        sender, receiver = anyio.create_memory_object_stream[Any](maxsize or math.inf)
-        self.send = sender.send
-        self.send_nowait = sender.send_nowait
-        self.receive = receiver.receive
-        self.receive_nowait = receiver.receive_nowait
+    sender, receiver = anyio.create_memory_object_stream[Any](maxsize or math.inf)
+    return _Bound(sender, receiver, "send", "receive")
 
 
-class _AiochannelAdapter:
-    __slots__ = ("receive", "receive_nowait", "send", "send_nowait")
+def _aiochannel(maxsize: int) -> _Bound:
+    from aiochannel import Channel
 
-    def __init__(self, maxsize: int) -> None:
-        from aiochannel import Channel
-
-        channel: Any = Channel(maxsize)
-        self.send = channel.put
-        self.send_nowait = channel.put_nowait
-        self.receive = channel.get
-        self.receive_nowait = channel.get_nowait
+    channel: Any = Channel(maxsize)
+    return _Bound(channel, channel, "put", "get")
 
 
 def _channel_maker(module: Any) -> Callable[[int], Any]:
@@ -117,11 +108,11 @@ def available_contenders() -> list[Contender]:
     if compiled is not None:
         contenders.append(Contender("cython", compiled, _channel_maker(compiled)))
     contenders.append(Contender("python", _channels_py, _channel_maker(_channels_py)))
-    contenders.append(Contender("asyncio.Queue", None, _QueueAdapter, is_channel=False))
+    contenders.append(Contender("asyncio.Queue", None, _queue, is_channel=False))
     if _installed("anyio"):
-        contenders.append(Contender("anyio", None, _AnyioAdapter, is_channel=False))
+        contenders.append(Contender("anyio", None, _anyio, is_channel=False))
     if _installed("aiochannel"):
-        contenders.append(Contender("aiochannel", None, _AiochannelAdapter, is_channel=False))
+        contenders.append(Contender("aiochannel", None, _aiochannel, is_channel=False))
     return contenders
 
 
