@@ -2,8 +2,8 @@
 """The compiled build of the channels; same behaviour as ``_channels_py``.
 
 The pure module is the specification: this one keeps the same state
-(buffer, two waiter queues, the counts of promised wake-ups) and takes the
-same steps, in C. What differs is only how it is fast:
+(buffer, two waiter queues, the count of slots promised to woken senders)
+and takes the same steps, in C. What differs is only how it is fast:
 
 * the buffer and the waiter queues are power-of-two ring buffers over a list;
 * ``send``/``receive`` return an ``_Op``, a small awaitable from a freelist
@@ -11,7 +11,9 @@ same steps, in C. What differs is only how it is fast:
   ``await`` through the ``am_send`` slot, so no coroutine is built and, on
   CPython 3.10 and 3.11, no ``StopIteration`` is raised;
 * a blocked operation parks itself in the waiter queue and yields a loop
-  future; the waker records why it woke it (a promise, or close) on the op.
+  future; the waker records why it woke it on the op (a slot promised to a
+  sender, a message handed to a receiver, or close), and a handed message
+  travels on the op itself.
 """
 
 cimport cython
@@ -205,6 +207,15 @@ cdef class _Ring:
         self.count += 1
         return 0
 
+    cdef int push_front(self, object item) except -1:
+        if self.count > self.mask:
+            self._grow()
+        Py_INCREF(item)
+        self.head = (self.head - 1) & self.mask
+        _list_store(self.items, self.head, <PyObject*>item)
+        self.count += 1
+        return 0
+
     cdef inline object pop(self):
         """Remove and return the oldest item; the ring must not be empty."""
         cdef Py_ssize_t head = self.head
@@ -281,8 +292,9 @@ cdef enum:
 
 cdef enum:
     WOKEN_NOT = 0
-    WOKEN_PROMISED = 1
-    WOKEN_CLOSED = 2
+    WOKEN_PROMISED = 1  # a sender, promised a free slot
+    WOKEN_HANDED = 2    # a receiver, handed a message (in op.message)
+    WOKEN_CLOSED = 3
 
 
 @cython.final
@@ -296,7 +308,7 @@ cdef class _Op:
 
     cdef InMemoryChannel channel
     cdef ForwardingChannel forwarder   # set for a send through a forwarder
-    cdef object message                # to send
+    cdef object message                # to send, or handed to a blocked receive
     cdef object future                 # waited on while blocked
     cdef object delegate               # finishes async observers
     cdef object _delegate_yield        # what the delegate yielded last
@@ -403,7 +415,7 @@ cdef class _Op:
         if self.kind == OP_RECEIVE_MANY:
             self.max_items = check_max_items(self.message)
             self.message = None
-        if buffer.count and not channel._receivers_woken:
+        if buffer.count:
             message = channel._dequeue()
         else:
             if channel._closed:
@@ -456,20 +468,21 @@ cdef class _Op:
             if self.kind == OP_ANEXT:
                 raise StopAsyncIteration
             raise channel._closed_error()
-        channel._receivers_woken -= 1
-        return self._received(channel._dequeue())
+        message = self.message
+        self.message = None
+        return self._received(message)
 
     cdef int _abandon(self) except -1:
         """Leave the channel as if this blocked op had never started."""
         cdef InMemoryChannel channel = self.channel
         cdef bint sending = self.kind == OP_SEND
         if self.woken == WOKEN_PROMISED:
-            if sending:
-                channel._senders_woken -= 1
-                channel._wake_senders()
-            else:
-                channel._receivers_woken -= 1
-                channel._wake_receivers()
+            channel._senders_woken -= 1
+            channel._wake_senders()
+        elif self.woken == WOKEN_HANDED:
+            message = self.message
+            self.message = None
+            channel._give_back(message)
         elif self.woken == WOKEN_NOT:
             (channel._senders if sending else channel._receivers).remove(self)
         return 0
@@ -732,7 +745,6 @@ cdef class InMemoryChannel(_ObservedChannel):
     cdef _Ring _receivers
     cdef _Ring _senders
     cdef Py_ssize_t _maxsize
-    cdef Py_ssize_t _receivers_woken
     cdef Py_ssize_t _senders_woken
     cdef Py_ssize_t _sent
     cdef Py_ssize_t _peak_size
@@ -757,10 +769,9 @@ cdef class InMemoryChannel(_ObservedChannel):
     # -- internals (the pure build's steps) --
 
     cdef inline int _enqueue(self, object message) except -1:
-        self._buffer.push(message)
         self._sent += 1
-        if self._receivers.count:
-            self._wake_receivers()
+        if not self._receivers.count or not self._hand_off(message):
+            self._buffer.push(message)
         return 0
 
     cdef inline object _dequeue(self):
@@ -771,16 +782,28 @@ cdef class InMemoryChannel(_ObservedChannel):
 
     cdef list _dequeue_more(self, list batch, Py_ssize_t max_items):
         cdef _Ring buffer = self._buffer
-        cdef Py_ssize_t n = min(max_items - len(batch), buffer.count - self._receivers_woken)
+        cdef Py_ssize_t n = min(max_items - len(batch), buffer.count)
         for _ in range(n):
             batch.append(buffer.pop())
         return batch
 
-    cdef int _wake_receivers(self) except -1:
+    cdef bint _hand_off(self, object message) except -1:
+        """Give ``message`` to the oldest blocked receive; False if none is left."""
         cdef _Ring receivers = self._receivers
-        while receivers.count and self._buffer.count > self._receivers_woken:
-            if _wake(<_Op>receivers.pop(), WOKEN_PROMISED):
-                self._receivers_woken += 1
+        cdef _Op op
+        while receivers.count:
+            op = <_Op>receivers.pop()
+            if _wake(op, WOKEN_HANDED):
+                op.message = message
+                if self._senders.count:  # a promised sender handing off leaves its slot free
+                    self._wake_senders()
+                return True
+        return False
+
+    cdef int _give_back(self, object message) except -1:
+        """Return a message handed to a receive that was cancelled before it ran."""
+        if not self._receivers.count or not self._hand_off(message):
+            self._buffer.push_front(message)
         return 0
 
     cdef int _wake_senders(self) except -1:
@@ -807,7 +830,7 @@ cdef class InMemoryChannel(_ObservedChannel):
 
     cdef object _receive_nowait(self):
         cdef _Ring buffer = self._buffer
-        if buffer.count <= self._receivers_woken:
+        if not buffer.count:
             if self._closed:
                 raise self._closed_error()
             raise _QueueEmpty
@@ -857,7 +880,7 @@ cdef class InMemoryChannel(_ObservedChannel):
         ``_receive_awaitable`` hands it over to be awaited.
         """
         cdef _Ring buffer = self._buffer
-        if not buffer.count or self._receivers_woken:
+        if not buffer.count:
             return _NOT_READY
         message = self._dequeue()
         if self._senders.count:
@@ -927,7 +950,7 @@ cdef class InMemoryChannel(_ObservedChannel):
 
     def empty(self):
         """Whether a new ``receive`` would have to wait."""
-        return self._buffer.count <= self._receivers_woken
+        return not self._buffer.count
 
     def full(self):
         """Whether a new ``send`` would have to wait."""

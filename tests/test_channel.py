@@ -106,11 +106,46 @@ async def test_blocked_receivers_are_served_first_come_first_served(impl):
         await settle()
     for i in range(3):
         channel.send_nowait(impl.ChannelMessage(i))
-    # A receiver arriving now finds every message promised to the earlier ones.
+    # Each message was handed to a blocked receiver: none is left for a newcomer.
     with pytest.raises(asyncio.QueueEmpty):
         channel.receive_nowait()
     assert channel.empty()
     assert [(await r).payload for r in receivers] == [0, 1, 2]
+
+
+async def test_a_message_sent_to_a_blocked_receiver_is_handed_over(impl):
+    # It never enters the buffer, so it takes no room from the sender.
+    channel = impl.InMemoryChannel(maxsize=1)
+    receiver = asyncio.ensure_future(channel.receive())
+    await settle()
+    handed, buffered = impl.ChannelMessage("handed"), impl.ChannelMessage("buffered")
+    channel.send_nowait(handed)
+    assert channel.qsize() == 0 and channel.empty() and not channel.full()
+    channel.send_nowait(buffered)
+    assert channel.full()
+    with pytest.raises(asyncio.QueueFull):
+        channel.send_nowait(impl.ChannelMessage("refused"))
+    assert await receiver is handed
+    assert channel.receive_nowait() is buffered
+    stats = channel.stats()
+    assert (stats.sent, stats.received, stats.peak_size) == (2, 2, 1)
+
+
+async def test_a_promised_sender_handing_over_passes_its_room_on(impl):
+    # The sender promised the only slot gives its message straight to a
+    # receiver: the slot is still free and the next blocked sender gets it.
+    channel = impl.InMemoryChannel(maxsize=1)
+    channel.send_nowait(impl.ChannelMessage(0))
+    senders = []
+    for i in (1, 2):
+        senders.append(asyncio.ensure_future(channel.send(impl.ChannelMessage(i))))
+        await settle()
+    assert channel.receive_nowait().payload == 0  # promises the slot to the first sender
+    receiver = asyncio.ensure_future(channel.receive())
+    await settle()
+    assert (await receiver).payload == 1
+    assert all(sender.done() for sender in senders)
+    assert channel.receive_nowait().payload == 2
 
 
 async def test_receive_many_waits_for_one_and_returns_up_to_max(impl):

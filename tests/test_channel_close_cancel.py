@@ -117,6 +117,24 @@ async def test_woken_then_cancelled_receiver_with_nobody_behind_it(impl):
     assert channel.receive_nowait().payload == "kept"
 
 
+async def test_a_message_given_back_goes_before_the_buffered_ones(impl):
+    # Handed over, then its receiver is cancelled: the message returns to the
+    # front of the buffer, even past maxsize; no send may add to it meanwhile.
+    channel = impl.InMemoryChannel(maxsize=1)
+    receiver = asyncio.ensure_future(channel.receive())
+    await settle()
+    channel.send_nowait(impl.ChannelMessage("handed"))
+    channel.send_nowait(impl.ChannelMessage("buffered"))
+    receiver.cancel()
+    await settle()
+    assert receiver.cancelled()
+    assert channel.qsize() == 2 and channel.full()
+    with pytest.raises(asyncio.QueueFull):
+        channel.send_nowait(impl.ChannelMessage("refused"))
+    assert [channel.receive_nowait().payload for _ in range(2)] == ["handed", "buffered"]
+    assert channel.stats().received == channel.stats().sent == 2
+
+
 async def test_cancelled_blocked_send_does_not_enqueue(impl):
     channel = impl.InMemoryChannel(maxsize=1)
     channel.send_nowait(impl.ChannelMessage("first"))

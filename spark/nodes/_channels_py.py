@@ -4,13 +4,15 @@ Both builds keep the same state and follow the same steps, so they behave
 identically; ``spark.nodes.channels`` picks one of them.
 
 How an ``InMemoryChannel`` works: messages wait in a deque; blocked receivers
-and blocked senders wait on futures in two FIFO deques. Waking a waiter
-*promises* it something: a buffered message to a receiver, a free slot to a
-sender. The promise is counted (``_receivers_woken``, ``_senders_woken``)
-so that nobody arriving later can take it, which makes both sides first
-come, first served. A woken waiter that is cancelled before it runs hands
-its promise to the next waiter, so a wake-up is never lost and a message is
-never lost or taken twice.
+and blocked senders wait on futures in two FIFO deques. A message sent while
+a receiver is blocked is *handed* to the oldest one (the future's result)
+and never enters the buffer, so receivers only ever wait on an empty buffer
+and the sender can go on without a task switch. Waking a blocked sender
+*promises* it a free slot; the promises are counted (``_senders_woken``) so
+that nobody arriving later can take one. A woken waiter that is cancelled
+before it runs gives back what it was given: a receiver its message (to the
+next blocked receiver, else to the front of the buffer), a sender its
+promise (to the next blocked sender). Nothing is lost or taken twice.
 """
 
 from __future__ import annotations
@@ -116,7 +118,6 @@ class InMemoryChannel(BaseChannel):
         "_maxsize",
         "_peak_size",
         "_receivers",
-        "_receivers_woken",
         "_rising",
         "_senders",
         "_senders_woken",
@@ -132,12 +133,11 @@ class InMemoryChannel(BaseChannel):
         super().__init__(name, observers)
         self._maxsize = check_maxsize(maxsize)
         self._buffer: deque[ChannelMessage[Any]] = deque()
-        # Futures of blocked tasks, oldest first. A future's result is True
-        # when it was woken with a promise, False when woken by close().
-        self._receivers: deque[asyncio.Future[bool]] = deque()
+        # Futures of blocked tasks, oldest first. A receiver's result is the
+        # message handed to it, or None when close() woke it; a sender's is
+        # True when it was promised a slot, False when close() woke it.
+        self._receivers: deque[asyncio.Future[ChannelMessage[Any] | None]] = deque()
         self._senders: deque[asyncio.Future[bool]] = deque()
-        # Buffered messages promised to woken receivers that have not run yet.
-        self._receivers_woken = 0
         # Free slots promised to woken senders that have not run yet.
         self._senders_woken = 0
         self._sent = 0  # received = sent - buffered: no counter on the receive path
@@ -161,12 +161,10 @@ class InMemoryChannel(BaseChannel):
         maxsize = self._maxsize
         if maxsize and len(self._buffer) + self._senders_woken >= maxsize:
             await self._wait_for_room()
-        buffer = self._buffer
-        buffer.append(message)
         self._sent += 1
-        self._rising = True
-        if self._receivers:
-            self._wake_receivers()
+        if not self._receivers or not self._hand_off(message):
+            self._buffer.append(message)
+            self._rising = True
         if self._observers:
             await self._notify_observers(message, "send")
 
@@ -184,11 +182,10 @@ class InMemoryChannel(BaseChannel):
         maxsize = self._maxsize
         if maxsize and len(buffer) + self._senders_woken >= maxsize:
             raise asyncio.QueueFull
-        buffer.append(message)
         self._sent += 1
-        self._rising = True
-        if self._receivers:
-            self._wake_receivers()
+        if not self._receivers or not self._hand_off(message):
+            buffer.append(message)
+            self._rising = True
         if self._observers:
             self._notify_observers_nowait(message, "send")
 
@@ -227,7 +224,7 @@ class InMemoryChannel(BaseChannel):
         cancelled, no message was taken.
         """
         buffer = self._buffer
-        if buffer and not self._receivers_woken:
+        if buffer:
             if self._rising:  # the first receive after sends: the size may be a new peak
                 self._rising = False
                 if len(buffer) > self._peak_size:
@@ -246,11 +243,11 @@ class InMemoryChannel(BaseChannel):
 
         Raises ``ChannelClosed`` instead once the channel is closed and drained.
         """
-        if len(self._buffer) <= self._receivers_woken:
+        buffer = self._buffer
+        if not buffer:
             if self._closed:
                 raise self._closed_error()
             raise asyncio.QueueEmpty
-        buffer = self._buffer
         if len(buffer) > self._peak_size:
             self._peak_size = len(buffer)
         message = buffer.popleft()
@@ -264,13 +261,13 @@ class InMemoryChannel(BaseChannel):
         """Wait for at least one message, then return up to ``max_items``, in order."""
         check_max_items(max_items)
         buffer = self._buffer
-        if len(buffer) > self._receivers_woken:
+        if buffer:
             if len(buffer) > self._peak_size:
                 self._peak_size = len(buffer)
             batch = [buffer.popleft()]
         else:
             batch = [await self._wait_for_message()]
-        for _ in range(min(max_items - 1, len(buffer) - self._receivers_woken)):
+        for _ in range(min(max_items - 1, len(buffer))):
             batch.append(buffer.popleft())
         if self._senders:
             self._wake_senders()
@@ -282,33 +279,40 @@ class InMemoryChannel(BaseChannel):
     async def _wait_for_message(self) -> ChannelMessage[Any]:
         if self._closed:
             raise self._closed_error()
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ChannelMessage[Any] | None] = loop.create_future()
         self._receivers.append(future)
         try:
-            promised = await future
+            message = await future
         except BaseException:
-            if future.done() and not future.cancelled() and future.result():
-                self._receivers_woken -= 1
-                self._wake_receivers()
+            if future.done() and not future.cancelled():
+                handed = future.result()
+                if handed is not None:
+                    self._give_back(handed)
             else:
                 _discard(self._receivers, future)
             raise
-        if not promised:
+        if message is None:
             raise self._closed_error()
-        self._receivers_woken -= 1
-        buffer = self._buffer
-        if len(buffer) > self._peak_size:
-            self._peak_size = len(buffer)
-        return buffer.popleft()
+        return message
 
-    def _wake_receivers(self) -> None:
-        """Promise each unpromised buffered message to the oldest blocked receiver."""
+    def _hand_off(self, message: ChannelMessage[Any]) -> bool:
+        """Give ``message`` to the oldest blocked receiver; False if none is left."""
         receivers = self._receivers
-        while receivers and len(self._buffer) > self._receivers_woken:
+        while receivers:
             future = receivers.popleft()
             if not future.done():
-                future.set_result(True)
-                self._receivers_woken += 1
+                future.set_result(message)
+                if self._senders:  # a promised sender handing off leaves its slot free
+                    self._wake_senders()
+                return True
+        return False
+
+    def _give_back(self, message: ChannelMessage[Any]) -> None:
+        """Return a message handed to a receiver that was cancelled before it ran."""
+        if not self._receivers or not self._hand_off(message):
+            self._buffer.appendleft(message)
+            self._rising = True
 
     # -- state -----------------------------------------------------------
 
@@ -322,11 +326,15 @@ class InMemoryChannel(BaseChannel):
         if self._closed:
             return
         self._closed = True
-        for waiters in (self._receivers, self._senders):
-            while waiters:
-                future = waiters.popleft()
-                if not future.done():
-                    future.set_result(False)
+        receivers, senders = self._receivers, self._senders
+        while receivers:
+            receiver = receivers.popleft()
+            if not receiver.done():
+                receiver.set_result(None)
+        while senders:
+            sender = senders.popleft()
+            if not sender.done():
+                sender.set_result(False)
 
     @property
     def maxsize(self) -> int:
@@ -339,7 +347,7 @@ class InMemoryChannel(BaseChannel):
 
     def empty(self) -> bool:
         """Whether a new ``receive`` would have to wait."""
-        return len(self._buffer) <= self._receivers_woken
+        return not self._buffer
 
     def full(self) -> bool:
         """Whether a new ``send`` would have to wait."""
@@ -357,11 +365,6 @@ class InMemoryChannel(BaseChannel):
             receivers_waiting=_count_pending(self._receivers),
             closed=self._closed,
         )
-
-    def _note_peak(self) -> None:
-        self._rising = False
-        if len(self._buffer) > self._peak_size:
-            self._peak_size = len(self._buffer)
 
     def _closed_error(self) -> ChannelClosed:
         return ChannelClosed(f"channel {self._name!r} is closed")
@@ -481,12 +484,12 @@ class ForwardingChannel(BaseChannel):
         return self._downstream.stats()
 
 
-def _discard(waiters: deque[asyncio.Future[bool]], future: asyncio.Future[bool]) -> None:
+def _discard(waiters: deque[asyncio.Future[Any]], future: asyncio.Future[Any]) -> None:
     try:
         waiters.remove(future)
     except ValueError:
         pass
 
 
-def _count_pending(waiters: deque[asyncio.Future[bool]]) -> int:
+def _count_pending(waiters: deque[asyncio.Future[Any]]) -> int:
     return sum(1 for future in waiters if not future.done())
