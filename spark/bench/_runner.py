@@ -1,10 +1,12 @@
 """Runs the scenarios side by side and reports ns per message and ratios.
 
 Every cell (scenario x contender x loop) is warmed up once, then timed
-``runs`` times, round-robin: one run of every cell, then the next round, so
-that a noisy moment of the machine hits every cell alike. A cell's figure is
-the median of its runs. Its ratio is taken against its baseline measured in
-the same loop during the same rounds.
+``runs`` times, round-robin: one run of every cell, then the next round
+(in reverse order every other round), so that a noisy moment of the machine
+hits every cell alike. A cell's figure is the median of its runs. Its ratio
+is the median, over the rounds, of its time divided by its baseline's time
+in the same round: a contender and its baseline run moments apart, so a
+slow spell of the machine that spans a round cancels out of the ratio.
 """
 
 from __future__ import annotations
@@ -62,9 +64,9 @@ class Result:
     baseline: str
     baseline_ns_per_message: float
     ratio: float
-    """ns_per_message / baseline_ns_per_message: lower is better."""
+    """Median over the rounds of own time / baseline time: lower is better."""
     added_ns_per_message: float
-    """ns_per_message - baseline_ns_per_message."""
+    """Median over the rounds of own time - baseline time."""
 
 
 def new_loop(name: str) -> asyncio.AbstractEventLoop:
@@ -150,8 +152,8 @@ def measure(
     for plan in plans:  # warm-up: not timed
         loop.run_until_complete(plan.run(plan.contender, plan.messages[:1000]))
     done = 0
-    for _ in range(runs):
-        for plan in plans:
+    for round_ in range(runs):
+        for plan in plans if round_ % 2 == 0 else reversed(plans):
             progress(done, plan)
             started = time.perf_counter()
             received = loop.run_until_complete(plan.run(plan.contender, plan.messages))
@@ -175,6 +177,7 @@ def results(cells: Sequence[Cell]) -> list[Result]:
             base = by_key.get((cell.scenario, scenario.baseline, cell.loop, None))
         if base is None:
             continue
+        paired = list(zip(cell.samples_ns, base.samples_ns, strict=True))
         rows.append(
             Result(
                 scenario=cell.scenario,
@@ -183,8 +186,8 @@ def results(cells: Sequence[Cell]) -> list[Result]:
                 ns_per_message=cell.median_ns,
                 baseline=scenario.baseline,
                 baseline_ns_per_message=base.median_ns,
-                ratio=cell.median_ns / base.median_ns,
-                added_ns_per_message=cell.median_ns - base.median_ns,
+                ratio=statistics.median(own / theirs for own, theirs in paired),
+                added_ns_per_message=statistics.median(own - theirs for own, theirs in paired),
             )
         )
     return rows

@@ -115,13 +115,14 @@ class InMemoryChannel(BaseChannel):
 
     __slots__ = (
         "_buffer",
+        "_guarded",
         "_maxsize",
         "_peak_size",
         "_receivers",
-        "_rising",
         "_senders",
         "_senders_woken",
         "_sent",
+        "_unseen",
     )
 
     def __init__(
@@ -132,6 +133,9 @@ class InMemoryChannel(BaseChannel):
     ) -> None:
         super().__init__(name, observers)
         self._maxsize = check_maxsize(maxsize)
+        # Whether a send must check for room or for close: one test on the
+        # path of an open unbounded channel.
+        self._guarded = bool(self._maxsize)
         self._buffer: deque[ChannelMessage[Any]] = deque()
         # Futures of blocked tasks, oldest first. A receiver's result is the
         # message handed to it, or None when close() woke it; a sender's is
@@ -140,11 +144,14 @@ class InMemoryChannel(BaseChannel):
         self._senders: deque[asyncio.Future[bool]] = deque()
         # Free slots promised to woken senders that have not run yet.
         self._senders_woken = 0
-        self._sent = 0  # received = sent - buffered: no counter on the receive path
-        # The size just before each dequeue; with the size now, its maximum
-        # is the peak, and the send path stays free of the bookkeeping.
+        # Sends are counted once, as ``_unseen``; the first receive from the
+        # buffer after them moves that count into ``_sent`` and checks whether
+        # the size before it is a new peak. So the count of sends is
+        # ``_sent + _unseen``, received ones are that minus the buffered ones,
+        # and neither path does more than one piece of bookkeeping.
+        self._sent = 0
+        self._unseen = 0
         self._peak_size = 0
-        self._rising = False
 
     # -- sending ---------------------------------------------------------
 
@@ -156,15 +163,14 @@ class InMemoryChannel(BaseChannel):
         """
         if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
             raise not_a_message(message)
-        if self._closed:
-            raise self._closed_error()
-        maxsize = self._maxsize
-        if maxsize and len(self._buffer) + self._senders_woken >= maxsize:
-            await self._wait_for_room()
-        self._sent += 1
+        if self._guarded:
+            if self._closed:
+                raise self._closed_error()
+            if len(self._buffer) + self._senders_woken >= self._maxsize:
+                await self._wait_for_room()
+        self._unseen += 1
         if not self._receivers or not self._hand_off(message):
             self._buffer.append(message)
-            self._rising = True
         if self._observers:
             await self._notify_observers(message, "send")
 
@@ -176,16 +182,14 @@ class InMemoryChannel(BaseChannel):
         """
         if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
             raise not_a_message(message)
-        if self._closed:
-            raise self._closed_error()
-        buffer = self._buffer
-        maxsize = self._maxsize
-        if maxsize and len(buffer) + self._senders_woken >= maxsize:
-            raise asyncio.QueueFull
-        self._sent += 1
+        if self._guarded:
+            if self._closed:
+                raise self._closed_error()
+            if len(self._buffer) + self._senders_woken >= self._maxsize:
+                raise asyncio.QueueFull
+        self._unseen += 1
         if not self._receivers or not self._hand_off(message):
-            buffer.append(message)
-            self._rising = True
+            self._buffer.append(message)
         if self._observers:
             self._notify_observers_nowait(message, "send")
 
@@ -225,8 +229,9 @@ class InMemoryChannel(BaseChannel):
         """
         buffer = self._buffer
         if buffer:
-            if self._rising:  # the first receive after sends: the size may be a new peak
-                self._rising = False
+            if self._unseen:  # the first receive after sends: the size may be a new peak
+                self._sent += self._unseen
+                self._unseen = 0
                 if len(buffer) > self._peak_size:
                     self._peak_size = len(buffer)
             message = buffer.popleft()
@@ -311,8 +316,10 @@ class InMemoryChannel(BaseChannel):
     def _give_back(self, message: ChannelMessage[Any]) -> None:
         """Return a message handed to a receiver that was cancelled before it ran."""
         if not self._receivers or not self._hand_off(message):
-            self._buffer.appendleft(message)
-            self._rising = True
+            buffer = self._buffer
+            buffer.appendleft(message)
+            if len(buffer) > self._peak_size:
+                self._peak_size = len(buffer)
 
     # -- state -----------------------------------------------------------
 
@@ -325,7 +332,7 @@ class InMemoryChannel(BaseChannel):
         """
         if self._closed:
             return
-        self._closed = True
+        self._closed = self._guarded = True
         receivers, senders = self._receivers, self._senders
         while receivers:
             receiver = receivers.popleft()
@@ -356,8 +363,8 @@ class InMemoryChannel(BaseChannel):
     def stats(self) -> ChannelStats:
         """A snapshot of the channel's counters."""
         return ChannelStats(
-            sent=self._sent,
-            received=self._sent - len(self._buffer),
+            sent=self._sent + self._unseen,
+            received=self._sent + self._unseen - len(self._buffer),
             size=len(self._buffer),
             peak_size=max(self._peak_size, len(self._buffer)),
             maxsize=self._maxsize,
