@@ -97,4 +97,18 @@ static int spark_set_type_attribute(PyTypeObject *type, const char *name, PyObje
     return status;
 }
 
+/* observer(message, channel, phase): a new reference, or NULL with the
+ * observer's exception set. Called straight through vectorcall, so the
+ * caller needs no try block (and no saved exception state) per call. */
+static inline PyObject *spark_call_observer(PyObject *observer, PyObject *message,
+                                            PyObject *channel, PyObject *phase)
+{
+    PyObject *args[4] = {NULL, message, channel, phase};
+    vectorcallfunc call = PyVectorcall_Function(observer);
+    if (call != NULL) { /* functions, bound methods, most builtins */
+        return call(observer, args + 1, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    return PyObject_Vectorcall(observer, args + 1, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
 #endif

@@ -20,6 +20,7 @@ cimport cython
 from cpython.dict cimport PyDict_Copy, PyDict_Update
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.list cimport PyList_GET_ITEM, PyList_New
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.ref cimport Py_DECREF, Py_INCREF, _Py_REFCNT
 
 import asyncio
@@ -63,6 +64,7 @@ cdef extern from "_am_send.h":
     ctypedef int (*spark_step_fn)(PyObject* op, PyObject* arg, PyObject** result) except -1
     int spark_install_am_send(PyTypeObject* type, spark_step_fn step)
     int spark_set_type_attribute(PyTypeObject* type, const char* name, object value) except -1
+    PyObject* spark_call_observer(PyObject* observer, PyObject* message, PyObject* channel, PyObject* phase)
 
 cdef object _QueueFull = asyncio.QueueFull
 cdef object _QueueEmpty = asyncio.QueueEmpty
@@ -497,36 +499,42 @@ cdef class _Op:
             if forwarder is not None:
                 self.forwarder = None
             return result
+        if forwarder is None and self.kind != OP_RECEIVE_MANY:
+            return self._observe_one(result)
         return self._observe_slowly(result)
 
+    cdef object _observe_one(self, object result):
+        """The common case, kept lean: one message, the channel's observers."""
+        cdef InMemoryChannel channel = self.channel
+        cdef bint sending = self.kind == OP_SEND
+        message = self.message if sending else result
+        hit = _call_observers(channel._observers, 0, channel, message, _SEND if sending else _RECEIVE)
+        if hit is not None:
+            return self._await_observers(hit, message, result)
+        self.state = ST_DONE  # nothing else was set: no forwarder, future or delegate
+        self.channel = None
+        self.message = None
+        return result
+
+    cdef object _await_observers(self, tuple hit, object message, object result):
+        """Finish ``_observe_one`` after an observer returned an awaitable."""
+        cdef InMemoryChannel channel = self.channel
+        phase = _SEND if self.kind == OP_SEND else _RECEIVE
+        awaitable, observer, following = hit
+        plan = [(channel._observers, following, channel, message)]
+        return self._delegate_to(_finish_notify(awaitable, observer, channel, phase, plan, result))
+
     cdef object _observe_slowly(self, object result):
+        """A forwarder's observers too, or a batch of messages."""
         cdef InMemoryChannel channel = self.channel
         cdef ForwardingChannel forwarder = self.forwarder
         cdef tuple observers = channel._observers
-        if self.kind == OP_SEND:
-            phase = _SEND
-            message = self.message
-        else:
-            phase = _RECEIVE
-            message = result
-        if forwarder is None and self.kind != OP_RECEIVE_MANY:
-            # The common case, kept lean: one message, one list of observers.
-            hit = _call_observers(observers, 0, channel, message, phase)
-            if hit is None:
-                self.state = ST_DONE  # nothing else was set: no forwarder, future or delegate
-                self.channel = None
-                self.message = None
-                return result
-            awaitable, observer, following = hit
-            plan = [(observers, following, channel, message)]
-            return self._delegate_to(
-                _finish_notify(awaitable, observer, channel, phase, plan, result)
-            )
+        phase = _SEND if self.kind == OP_SEND else _RECEIVE
         if forwarder is not None:
             targets = [(observers, channel), (forwarder._observers, forwarder)]
         else:
             targets = [(observers, channel)]
-        messages = result if self.kind == OP_RECEIVE_MANY else [message]
+        messages = result if self.kind == OP_RECEIVE_MANY else [self.message if self.kind == OP_SEND else result]
         delegate = _notify_all(targets, messages, phase, result)
         if delegate is None:
             self._release()
@@ -599,16 +607,30 @@ cdef inline _Op _new_op(InMemoryChannel channel, int kind):
 cdef inline object _call_observers(tuple observers, Py_ssize_t start, object channel, object message, str phase):
     """Call observers[start:]; stop at the first that returns an awaitable: (awaitable, observer, next index)."""
     cdef Py_ssize_t i
-    for i in range(start, len(observers)):
-        observer = observers[i]
-        try:
-            returned = observer(message, channel, phase)
-        except Exception:
-            report_observer_error(channel, phase, observer)
-            continue
-        if returned is not None and _isawaitable(returned):
-            return (returned, observer, i + 1)
+    cdef PyObject* observer  # borrowed: the caller holds the tuple
+    cdef PyObject* answer
+    for i in range(start, PyTuple_GET_SIZE(observers)):
+        observer = PyTuple_GET_ITEM(observers, i)
+        answer = spark_call_observer(observer, <PyObject*>message, <PyObject*>channel, <PyObject*>phase)
+        if answer == NULL:
+            _observer_failed(channel, phase, <object>observer)
+        elif answer == <PyObject*>None:
+            Py_DECREF(None)  # the reference the call returned
+        else:
+            returned = <object>answer  # a new reference...
+            Py_DECREF(returned)  # ...replacing the one the call returned
+            if _isawaitable(returned):
+                return (returned, <object>observer, i + 1)
     return None
+
+
+cdef int _observer_failed(object channel, str phase, object observer) except -1:
+    """The observer's exception is set: log it if it is an Exception, else propagate it."""
+    try:
+        raise_current()
+    except Exception:
+        report_observer_error(channel, phase, observer)
+    return 0
 
 
 cdef object _notify_all(list targets, list messages, str phase, object result):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import warnings
@@ -54,6 +55,45 @@ async def test_observers_run_in_registration_order(impl):
     channel.add_observer(recorder(log, "c"))
     await channel.send(impl.ChannelMessage(1))
     assert [tag for tag, *_ in log] == ["a", "b", "c"]
+
+
+class CallableRecorder:
+    """An observer that is an instance with __call__ (no vectorcall of its own)."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def __call__(self, message, channel, phase):
+        self.log.append(("instance", phase))
+
+    def method(self, message, channel, phase):
+        self.log.append(("method", phase))
+
+
+async def test_any_callable_can_observe(impl, caplog):
+    log = []
+    holder = CallableRecorder(log)
+
+    def failing(message, channel, phase, extra):
+        raise ValueError(extra)
+
+    observers = [
+        holder,
+        holder.method,
+        functools.partial(lambda tag, m, c, p: log.append((tag, p)), "partial"),
+        functools.partial(failing, extra="boom"),
+        CallableRecorder.method.__get__(holder),
+    ]
+    channel = impl.InMemoryChannel(observers=observers)
+    with caplog.at_level(logging.ERROR, logger="spark.channels"):
+        await channel.send(impl.ChannelMessage(1))
+        channel.receive_nowait()
+    assert log == [
+        (tag, phase)
+        for phase in ("send", "receive")
+        for tag in ("instance", "method", "partial", "method")
+    ]
+    assert [r.exc_info[1].args for r in caplog.records] == [("boom",), ("boom",)]
 
 
 async def test_async_observer_is_awaited_inside_send_and_receive(impl):

@@ -7,6 +7,8 @@ hits every cell alike. A cell's figure is the median of its runs. Its ratio
 is the median, over the rounds, of its time divided by its baseline's time
 in the same round: a contender and its baseline run moments apart, so a
 slow spell of the machine that spans a round cancels out of the ratio.
+What a contender adds to its baseline, in ns, is that ratio applied to the
+baseline's fastest run: the cost on the machine at its least disturbed.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class Result:
     ratio: float
     """Median over the rounds of own time / baseline time: lower is better."""
     added_ns_per_message: float
-    """Median over the rounds of own time - baseline time."""
+    """(ratio - 1) x the baseline's fastest run: the added cost on an undisturbed machine."""
 
 
 def new_loop(name: str) -> asyncio.AbstractEventLoop:
@@ -177,7 +179,8 @@ def results(cells: Sequence[Cell]) -> list[Result]:
             base = by_key.get((cell.scenario, scenario.baseline, cell.loop, None))
         if base is None:
             continue
-        paired = list(zip(cell.samples_ns, base.samples_ns, strict=True))
+        paired = zip(cell.samples_ns, base.samples_ns, strict=True)
+        ratio = statistics.median(own / theirs for own, theirs in paired)
         rows.append(
             Result(
                 scenario=cell.scenario,
@@ -186,15 +189,18 @@ def results(cells: Sequence[Cell]) -> list[Result]:
                 ns_per_message=cell.median_ns,
                 baseline=scenario.baseline,
                 baseline_ns_per_message=base.median_ns,
-                ratio=statistics.median(own / theirs for own, theirs in paired),
-                added_ns_per_message=statistics.median(own - theirs for own, theirs in paired),
+                ratio=ratio,
+                added_ns_per_message=(ratio - 1) * min(base.samples_ns),
             )
         )
     return rows
 
 
 def format_table(rows: Sequence[Result], loops: Sequence[str]) -> str:
-    """Rows: contenders. Columns: scenario and loop. Each cell: ns/message and ratio."""
+    """Rows: contenders. Columns: scenario and loop. Each cell: ns/message and ratio.
+
+    Against a baseline of the same build, a cell also gives the added ns per message.
+    """
     contenders = list(dict.fromkeys(r.contender for r in rows))
     lookup = {(r.scenario, r.contender, r.loop): r for r in rows}
     lines = []
@@ -202,16 +208,18 @@ def format_table(rows: Sequence[Result], loops: Sequence[str]) -> str:
         scenario = SCENARIOS[name]
         lines.append(f"{name}: {scenario.description} (ratio against {scenario.baseline})")
         width = max(len(c) for c in contenders)
-        lines.append("  " + " " * width + "".join(f"  {loop:>22}" for loop in loops))
+        lines.append("  " + " " * width + "".join(f"  {loop:>32}" for loop in loops))
         for contender in contenders:
             cells = []
             for loop in loops:
                 row = lookup.get((name, contender, loop))
                 if row is None:
-                    cells.append(f"  {'-':>22}")
+                    cells.append(f"  {'-':>32}")
                     continue
                 figure = f"{row.ns_per_message:,.0f} ns  x{row.ratio:.2f}"
-                cells.append(f"  {figure:>22}")
+                if row.baseline in BASELINE_RUNS:
+                    figure += f" ({row.added_ns_per_message:+,.0f} ns)"
+                cells.append(f"  {figure:>32}")
             if any(cell.strip() != "-" for cell in cells):
                 lines.append(f"  {contender:<{width}}" + "".join(cells))
         lines.append("")
