@@ -893,6 +893,7 @@ cdef class InMemoryChannel(_ObservedChannel):
         """
         return _new_op(self, OP_RECEIVE)
 
+    @cython.binding(False)  # a plain method descriptor: the interpreter calls it directly
     def _receive_ready(self):
         """The next message when one can be taken without waiting, else _NOT_READY.
 
@@ -919,6 +920,7 @@ cdef class InMemoryChannel(_ObservedChannel):
                 return _NOT_READY
         return message
 
+    @cython.binding(False)  # a plain method descriptor: the interpreter calls it directly
     def _receive_awaitable(self):
         """What receive awaits when _receive_ready had no message to give."""
         pending = self._pending_receive
