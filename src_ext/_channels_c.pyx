@@ -751,10 +751,14 @@ cdef class InMemoryChannel(_ObservedChannel):
 
     Guarantees:
 
-    * Messages are received in the order they were sent. Blocked senders
-      are served in the order they blocked, and so are blocked receivers.
+    * Messages leave in the order they were sent. Blocked senders are
+      served in the order they blocked, and so are blocked receivers; a
+      message sent while a receiver is blocked is handed to it directly and
+      takes no room in the buffer.
     * A cancelled ``send`` has not enqueued its message; a cancelled
-      ``receive`` has not taken one. Nothing is lost or duplicated.
+      ``receive`` has not taken one (a message handed to it goes to the next
+      receiver, or back to the front of the buffer). Nothing is lost or
+      duplicated.
     * ``close()`` wakes every blocked sender with ``ChannelClosed`` (their
       messages are not enqueued); receivers drain what is buffered, then get
       ``ChannelClosed``.

@@ -23,7 +23,7 @@ from ._runner import (
 from ._runner import run as run_benchmarks
 from .scenarios import SCENARIOS
 
-QUICK_MESSAGES, QUICK_RUNS = 2_000, 3
+QUICK_MESSAGES, QUICK_RUNS = 4_000, 5
 FULL_MESSAGES, FULL_RUNS = 10_000, 7
 
 
