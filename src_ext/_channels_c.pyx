@@ -507,8 +507,14 @@ cdef class _Op:
         """The common case, kept lean: one message, the channel's observers."""
         cdef InMemoryChannel channel = self.channel
         cdef bint sending = self.kind == OP_SEND
+        cdef tuple observers = channel._observers
         message = self.message if sending else result
-        hit = _call_observers(channel._observers, 0, channel, message, _SEND if sending else _RECEIVE)
+        phase = _SEND if sending else _RECEIVE
+        if PyTuple_GET_SIZE(observers) == 1:  # the usual single observer, called in place
+            awaitable = _call_observer(PyTuple_GET_ITEM(observers, 0), channel, message, phase)
+            hit = None if awaitable is None else (awaitable, observers[0], 1)
+        else:
+            hit = _call_observers(observers, 0, channel, message, phase)
         if hit is not None:
             return self._await_observers(hit, message, result)
         self.state = ST_DONE  # nothing else was set: no forwarder, future or delegate
@@ -607,21 +613,28 @@ cdef inline _Op _new_op(InMemoryChannel channel, int kind):
 cdef inline object _call_observers(tuple observers, Py_ssize_t start, object channel, object message, str phase):
     """Call observers[start:]; stop at the first that returns an awaitable: (awaitable, observer, next index)."""
     cdef Py_ssize_t i
-    cdef PyObject* observer  # borrowed: the caller holds the tuple
-    cdef PyObject* answer
     for i in range(start, PyTuple_GET_SIZE(observers)):
-        observer = PyTuple_GET_ITEM(observers, i)
-        answer = spark_call_observer(observer, <PyObject*>message, <PyObject*>channel, <PyObject*>phase)
-        if answer == NULL:
-            _observer_failed(channel, phase, <object>observer)
-        elif answer == <PyObject*>None:
-            Py_DECREF(None)  # the reference the call returned
-        else:
-            returned = <object>answer  # a new reference...
-            Py_DECREF(returned)  # ...replacing the one the call returned
-            if _isawaitable(returned):
-                return (returned, <object>observer, i + 1)
+        awaitable = _call_observer(PyTuple_GET_ITEM(observers, i), channel, message, phase)
+        if awaitable is not None:
+            return (awaitable, observers[i], i + 1)
     return None
+
+
+cdef inline object _call_observer(PyObject* observer, object channel, object message, str phase):
+    """Call one observer (borrowed: its tuple is held); the awaitable it returned, or None.
+
+    An ``Exception`` it raises is logged; anything else propagates.
+    """
+    cdef PyObject* answer = spark_call_observer(observer, <PyObject*>message, <PyObject*>channel, <PyObject*>phase)
+    if answer == <PyObject*>None:
+        Py_DECREF(None)  # the reference the call returned
+        return None
+    if answer == NULL:
+        _observer_failed(channel, phase, <object>observer)
+        return None
+    returned = <object>answer  # a new reference...
+    Py_DECREF(returned)  # ...replacing the one the call returned
+    return returned if _isawaitable(returned) else None
 
 
 cdef int _observer_failed(object channel, str phase, object observer) except -1:
