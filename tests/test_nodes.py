@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -349,6 +350,35 @@ async def test_a_created_trace_id_is_kept_downstream() -> None:
     assert stop.is_shutdown
     assert to_c.metadata["trace_id"] == created
     assert to_c.metadata["source_node"] == b.id
+
+
+async def test_created_trace_ids_are_distinct_and_each_successor_gets_its_own_metadata() -> None:
+    a, b, c = Node(id="a"), Node(id="b"), Node(id="c")
+    a >> b
+    a >> c
+    await run_until_done(a, *(ChannelMessage(payload=i) for i in range(200)), shutdown())
+    into_b, into_c = drain(b.mailbox)[:-1], drain(c.mailbox)[:-1]
+    ids = [message.metadata["trace_id"] for message in into_b]
+    assert len(set(ids)) == 200
+    assert all(len(trace) == 32 and int(trace, 16) >= 0 for trace in ids)
+    assert [message.metadata["trace_id"] for message in into_c] == ids
+    assert all(x.metadata is not y.metadata for x, y in zip(into_b, into_c, strict=True))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_worker_does_not_repeat_the_parents_trace_ids() -> None:
+    from spark.nodes import _node
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write, f"{_node._trace_bits(128):032x}".encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 32 and child != f"{_node._trace_bits(128):032x}"
 
 
 async def test_emit_sends_with_tracing_from_a_custom_loop() -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
+from types import CoroutineType
 from typing import Any, TypeVar
 from uuid import uuid4
 
@@ -21,6 +24,25 @@ __all__ = ["Node", "RunBinding"]
 logger = logging.getLogger("spark.nodes")
 
 _CONFIG_FIELDS = tuple(field.name for field in fields(NodeConfig))
+
+# Trace ids: 128 random bits as 32 hex digits, like uuid4().hex, from a
+# generator seeded by the OS (again in every forked child, so that worker
+# processes never repeat each other's ids) rather than a system call each.
+_trace_random = random.Random(os.urandom(32))
+_trace_bits = _trace_random.getrandbits
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _trace_random.seed(os.urandom(32)))
+
+# What process() commonly returns; none of these can be awaited.
+_PLAIN_RESULTS = frozenset({int, float, str, bytes, bool, dict, list, tuple, set})
+
+
+def _is_awaitable(value: object) -> bool:
+    kind = type(value)
+    if kind is CoroutineType:
+        return True
+    return kind not in _PLAIN_RESULTS and inspect.isawaitable(value)
+
 
 N = TypeVar("N", bound="Node")
 
@@ -82,6 +104,8 @@ class Node:
         self._edges: list[Edge] = []
         self._incoming: list[Edge] = []
         self._binding: RunBinding | None = None
+        # _outgoing_channels() as computed for a run's binding and number of edges.
+        self._routes: tuple[RunBinding | None, int, list[BaseChannel]] = (None, -1, [])
         self._receiving = False
         self._processed = 0
         self._failed = 0
@@ -238,15 +262,18 @@ class Node:
                 binding.on_output(payload)
             return
         metadata = self._tracing_metadata(parent)
-        for channel in channels:
-            await channel.send(ChannelMessage(payload=payload, metadata=dict(metadata)))
+        last = len(channels) - 1
+        for i, channel in enumerate(channels):
+            # Each message gets its own dict; the last one can take the original.
+            own = metadata if i == last else dict(metadata)
+            await channel.send(ChannelMessage(payload=payload, metadata=own))
 
     # -- internals -------------------------------------------------------
 
     async def _handle(self, message: ChannelMessage[Any]) -> None:
         try:
             result = self.process(message.payload)
-            if inspect.isawaitable(result):
+            if _is_awaitable(result):
                 result = await result
             if result is not None:
                 await self.emit(result, parent=message)
@@ -255,7 +282,8 @@ class Node:
             await self._report_failure(message, error)
             return
         self._processed += 1
-        await self._acknowledge(message)
+        if message.ack is not None:
+            await self._acknowledge(message)
 
     async def _acknowledge(self, message: ChannelMessage[Any]) -> None:
         if message.ack is not None:
@@ -306,19 +334,23 @@ class Node:
         )
         return {
             "source_node": self._id,
-            "trace_id": uuid4().hex if trace_id is None else trace_id,
+            "trace_id": f"{_trace_bits(128):032x}" if trace_id is None else trace_id,
             "timestamp": time.monotonic(),
         }
 
     def _outgoing_channels(self) -> list[BaseChannel]:
         binding = self._binding
+        bound_to, edge_count, channels = self._routes
+        if binding is not None and bound_to is binding and edge_count == len(self._edges):
+            return channels  # a run's routes are fixed; outside a run, mailboxes may be swapped
         routes = binding.channels if binding is not None else {}
-        channels: list[BaseChannel] = []
+        channels = []
         for edge in self._edges:
             channel = routes.get(edge)
             if channel is None:
                 channel = edge.target.mailbox if edge.channel is None else edge.channel
             channels.append(channel)
+        self._routes = (binding, len(self._edges), channels)
         return channels
 
     def _predecessor_ids(self) -> frozenset[str]:
