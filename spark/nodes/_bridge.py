@@ -57,7 +57,9 @@ class QueueBridge:
     def put_nowait(self, item: Any) -> None:
         """Send ``item`` now, or raise ``asyncio.QueueFull``."""
         self._channel.send_nowait(self._message_type(item))
-        self._add_unfinished()
+        if not self._unfinished:  # _add_unfinished() inlined: the hot path of a bridge
+            self._finished.clear()
+        self._unfinished += 1
 
     async def get(self) -> Any:
         """Return the next message's payload, waiting while the channel is empty."""
@@ -96,8 +98,9 @@ class QueueBridge:
         return self._channel.maxsize
 
     def _add_unfinished(self) -> None:
+        if not self._unfinished:  # the event is already clear otherwise
+            self._finished.clear()
         self._unfinished += 1
-        self._finished.clear()
 
     def _remove_unfinished(self) -> None:
         self._unfinished -= 1
