@@ -3,7 +3,8 @@
 Every cell (scenario x contender x loop) is warmed up once, then timed
 ``runs`` times, round-robin: one run of every cell, then the next round
 (in reverse order every other round), so that a noisy moment of the machine
-hits every cell alike. A cell's figure is the median of its runs. Its ratio
+hits every cell alike; each timed run follows a short untimed one of the
+same cell, so that it starts warm. A cell's figure is the median of its runs. Its ratio
 is the median, over the rounds, of its time divided by its baseline's time
 in the same round: a contender and its baseline run moments apart, so a
 slow spell of the machine that spans a round cancels out of the ratio.
