@@ -2,8 +2,8 @@
 """The compiled build of the channels; same behaviour as ``_channels_py``.
 
 The pure module is the specification: this one keeps the same state
-(buffer, two waiter queues, the count of slots promised to woken senders)
-and takes the same steps, in C. What differs is only how it is fast:
+(buffer, two waiter queues, the counts of promised wake-ups) and takes the
+same steps, in C. What differs is only how it is fast:
 
 * the buffer and the waiter queues are power-of-two ring buffers over a list;
 * ``send``/``receive`` return an ``_Op``, a small awaitable from a freelist
@@ -11,9 +11,7 @@ and takes the same steps, in C. What differs is only how it is fast:
   ``await`` through the ``am_send`` slot, so no coroutine is built and, on
   CPython 3.10 and 3.11, no ``StopIteration`` is raised;
 * a blocked operation parks itself in the waiter queue and yields a loop
-  future; the waker records why it woke it on the op (a slot promised to a
-  sender, a message handed to a receiver, or close), and a handed message
-  travels on the op itself.
+  future; the waker records why it woke it (a promise, or close) on the op.
 """
 
 cimport cython
@@ -209,15 +207,6 @@ cdef class _Ring:
         self.count += 1
         return 0
 
-    cdef int push_front(self, object item) except -1:
-        if self.count > self.mask:
-            self._grow()
-        Py_INCREF(item)
-        self.head = (self.head - 1) & self.mask
-        _list_store(self.items, self.head, <PyObject*>item)
-        self.count += 1
-        return 0
-
     cdef inline object pop(self):
         """Remove and return the oldest item; the ring must not be empty."""
         cdef Py_ssize_t head = self.head
@@ -294,9 +283,8 @@ cdef enum:
 
 cdef enum:
     WOKEN_NOT = 0
-    WOKEN_PROMISED = 1  # a sender, promised a free slot
-    WOKEN_HANDED = 2    # a receiver, handed a message (in op.message)
-    WOKEN_CLOSED = 3
+    WOKEN_PROMISED = 1
+    WOKEN_CLOSED = 2
 
 
 @cython.final
@@ -310,7 +298,7 @@ cdef class _Op:
 
     cdef InMemoryChannel channel
     cdef ForwardingChannel forwarder   # set for a send through a forwarder
-    cdef object message                # to send, or handed to a blocked receive
+    cdef object message                # to send
     cdef object future                 # waited on while blocked
     cdef object delegate               # finishes async observers
     cdef object _delegate_yield        # what the delegate yielded last
@@ -406,7 +394,7 @@ cdef class _Op:
         if channel._closed:
             self._release()
             raise channel._closed_error()
-        if channel._maxsize and channel._buffer.count + channel._senders_woken >= channel._maxsize:
+        if channel._maxsize and channel._room_taken() >= channel._maxsize:
             return self._suspend(channel._senders)
         channel._enqueue(self.message)
         return self._observe(None)
@@ -417,7 +405,7 @@ cdef class _Op:
         if self.kind == OP_RECEIVE_MANY:
             self.max_items = check_max_items(self.message)
             self.message = None
-        if buffer.count:
+        if buffer.count > channel._receivers_woken:
             message = channel._dequeue()
         else:
             if channel._closed:
@@ -470,21 +458,21 @@ cdef class _Op:
             if self.kind == OP_ANEXT:
                 raise StopAsyncIteration
             raise channel._closed_error()
-        message = self.message
-        self.message = None
-        return self._received(message)
+        channel._receivers_woken -= 1  # the promised message is at the front
+        return self._received(channel._buffer.pop())
 
     cdef int _abandon(self) except -1:
         """Leave the channel as if this blocked op had never started."""
         cdef InMemoryChannel channel = self.channel
         cdef bint sending = self.kind == OP_SEND
         if self.woken == WOKEN_PROMISED:
-            channel._senders_woken -= 1
-            channel._wake_senders()
-        elif self.woken == WOKEN_HANDED:
-            message = self.message
-            self.message = None
-            channel._give_back(message)
+            if sending:
+                channel._senders_woken -= 1
+                channel._wake_senders()
+            else:
+                channel._receivers_woken -= 1  # the message is queued again...
+                channel._note_size()
+                channel._wake_receivers()  # ...for the next blocked receiver
         elif self.woken == WOKEN_NOT:
             (channel._senders if sending else channel._receivers).remove(self)
         return 0
@@ -516,18 +504,18 @@ cdef class _Op:
         else:
             hit = _call_observers(observers, 0, channel, message, phase)
         if hit is not None:
-            return self._await_observers(hit, message, result)
+            return self._await_observers(observers, hit, message, result)
         self.state = ST_DONE  # nothing else was set: no forwarder, future or delegate
         self.channel = None
         self.message = None
         return result
 
-    cdef object _await_observers(self, tuple hit, object message, object result):
-        """Finish ``_observe_one`` after an observer returned an awaitable."""
+    cdef object _await_observers(self, tuple observers, tuple hit, object message, object result):
+        """Finish ``_observe_one`` after one of ``observers`` returned an awaitable."""
         cdef InMemoryChannel channel = self.channel
         phase = _SEND if self.kind == OP_SEND else _RECEIVE
         awaitable, observer, following = hit
-        plan = [(channel._observers, following, channel, message)]
+        plan = [(observers, following, channel, message)]
         return self._delegate_to(_finish_notify(awaitable, observer, channel, phase, plan, result))
 
     cdef object _observe_slowly(self, object result):
@@ -766,12 +754,10 @@ cdef class InMemoryChannel(_ObservedChannel):
 
     * Messages leave in the order they were sent. Blocked senders are
       served in the order they blocked, and so are blocked receivers; a
-      message sent while a receiver is blocked is handed to it directly and
-      takes no room in the buffer.
+      message promised to a blocked receiver takes no room.
     * A cancelled ``send`` has not enqueued its message; a cancelled
-      ``receive`` has not taken one (a message handed to it goes to the next
-      receiver, or back to the front of the buffer). Nothing is lost or
-      duplicated.
+      ``receive`` has not taken one (its promise goes to the next blocked
+      receiver). Nothing is lost, duplicated or reordered.
     * ``close()`` wakes every blocked sender with ``ChannelClosed`` (their
       messages are not enqueued); receivers drain what is buffered, then get
       ``ChannelClosed``.
@@ -784,6 +770,7 @@ cdef class InMemoryChannel(_ObservedChannel):
     cdef _Ring _receivers
     cdef _Ring _senders
     cdef Py_ssize_t _maxsize
+    cdef Py_ssize_t _receivers_woken
     cdef Py_ssize_t _senders_woken
     cdef Py_ssize_t _sent
     cdef Py_ssize_t _peak_size
@@ -808,46 +795,50 @@ cdef class InMemoryChannel(_ObservedChannel):
     # -- internals (the pure build's steps) --
 
     cdef inline int _enqueue(self, object message) except -1:
+        self._buffer.push(message)
         self._sent += 1
-        if not self._receivers.count or not self._hand_off(message):
-            self._buffer.push(message)
+        if self._receivers.count:
+            self._wake_receivers()
         return 0
 
     cdef inline object _dequeue(self):
-        cdef _Ring buffer = self._buffer
-        if buffer.count > self._peak_size:
-            self._peak_size = buffer.count
-        return buffer.pop()
+        """Take the oldest message; more must be buffered than promised."""
+        self._note_size()
+        return self._buffer.pop()
+
+    cdef inline void _note_size(self):
+        cdef Py_ssize_t size = self._buffer.count - self._receivers_woken
+        if size > self._peak_size:
+            self._peak_size = size
+
+    cdef inline Py_ssize_t _room_taken(self):
+        """Queued messages plus the slots promised to woken senders."""
+        return self._buffer.count - self._receivers_woken + self._senders_woken
 
     cdef list _dequeue_more(self, list batch, Py_ssize_t max_items):
         cdef _Ring buffer = self._buffer
-        cdef Py_ssize_t n = min(max_items - len(batch), buffer.count)
+        cdef Py_ssize_t n = min(max_items - len(batch), buffer.count - self._receivers_woken)
+        if n > 0:
+            self._note_size()
         for _ in range(n):
             batch.append(buffer.pop())
         return batch
 
-    cdef bint _hand_off(self, object message) except -1:
-        """Give ``message`` to the oldest blocked receive; False if none is left."""
+    cdef int _wake_receivers(self) except -1:
+        """Promise each queued message to the oldest blocked receive."""
         cdef _Ring receivers = self._receivers
-        cdef _Op op
-        while receivers.count:
-            op = <_Op>receivers.pop()
-            if _wake(op, WOKEN_HANDED):
-                op.message = message
-                if self._senders.count:  # a promised sender handing off leaves its slot free
-                    self._wake_senders()
-                return True
-        return False
-
-    cdef int _give_back(self, object message) except -1:
-        """Return a message handed to a receive that was cancelled before it ran."""
-        if not self._receivers.count or not self._hand_off(message):
-            self._buffer.push_front(message)
+        cdef bint promised = False
+        while receivers.count and self._buffer.count > self._receivers_woken:
+            if _wake(<_Op>receivers.pop(), WOKEN_PROMISED):
+                self._receivers_woken += 1
+                promised = True
+        if promised and self._senders.count:  # a promised message no longer takes room
+            self._wake_senders()
         return 0
 
     cdef int _wake_senders(self) except -1:
         cdef _Ring senders = self._senders
-        while senders.count and self._buffer.count + self._senders_woken < self._maxsize:
+        while senders.count and self._room_taken() < self._maxsize:
             if _wake(<_Op>senders.pop(), WOKEN_PROMISED):
                 self._senders_woken += 1
         return 0
@@ -860,7 +851,7 @@ cdef class InMemoryChannel(_ObservedChannel):
             raise not_a_message(message)
         if self._closed:
             raise self._closed_error()
-        if self._maxsize and self._buffer.count + self._senders_woken >= self._maxsize:
+        if self._maxsize and self._room_taken() >= self._maxsize:
             raise _QueueFull
         self._enqueue(message)
         if self._observers:
@@ -868,8 +859,7 @@ cdef class InMemoryChannel(_ObservedChannel):
         return 0
 
     cdef object _receive_nowait(self):
-        cdef _Ring buffer = self._buffer
-        if not buffer.count:
+        if self._buffer.count <= self._receivers_woken:
             if self._closed:
                 raise self._closed_error()
             raise _QueueEmpty
@@ -919,8 +909,7 @@ cdef class InMemoryChannel(_ObservedChannel):
         left in ``_pending_receive`` and _NOT_READY is returned, so that
         ``_receive_awaitable`` hands it over to be awaited.
         """
-        cdef _Ring buffer = self._buffer
-        if not buffer.count:
+        if self._buffer.count <= self._receivers_woken:
             return _NOT_READY
         message = self._dequeue()
         if self._senders.count:
@@ -986,24 +975,24 @@ cdef class InMemoryChannel(_ObservedChannel):
         return self._maxsize
 
     def qsize(self):
-        """How many messages are buffered."""
-        return self._buffer.count
+        """How many messages are queued (not yet promised to a woken receiver)."""
+        return self._buffer.count - self._receivers_woken
 
     def empty(self):
         """Whether a new ``receive`` would have to wait."""
-        return not self._buffer.count
+        return self._buffer.count <= self._receivers_woken
 
     def full(self):
         """Whether a new ``send`` would have to wait."""
-        return bool(self._maxsize) and self._buffer.count + self._senders_woken >= self._maxsize
+        return bool(self._maxsize) and self._room_taken() >= self._maxsize
 
     def stats(self):
         """A snapshot of the channel's counters."""
         return ChannelStats(
             sent=self._sent,
             received=self._sent - self._buffer.count,
-            size=self._buffer.count,
-            peak_size=max(self._peak_size, self._buffer.count),
+            size=self._buffer.count - self._receivers_woken,
+            peak_size=max(self._peak_size, self._buffer.count - self._receivers_woken),
             maxsize=self._maxsize,
             senders_waiting=_count_pending(self._senders),
             receivers_waiting=_count_pending(self._receivers),

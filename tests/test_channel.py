@@ -106,34 +106,34 @@ async def test_blocked_receivers_are_served_first_come_first_served(impl):
         await settle()
     for i in range(3):
         channel.send_nowait(impl.ChannelMessage(i))
-    # Each message was handed to a blocked receiver: none is left for a newcomer.
+    # A receiver arriving now finds every message promised to the earlier ones.
     with pytest.raises(asyncio.QueueEmpty):
         channel.receive_nowait()
     assert channel.empty()
     assert [(await r).payload for r in receivers] == [0, 1, 2]
 
 
-async def test_a_message_sent_to_a_blocked_receiver_is_handed_over(impl):
-    # It never enters the buffer, so it takes no room from the sender.
+async def test_a_message_promised_to_a_blocked_receiver_takes_no_room(impl):
+    # The receiver has it in all but name, so the sender need not wait for it.
     channel = impl.InMemoryChannel(maxsize=1)
     receiver = asyncio.ensure_future(channel.receive())
     await settle()
-    handed, buffered = impl.ChannelMessage("handed"), impl.ChannelMessage("buffered")
-    channel.send_nowait(handed)
+    promised, queued = impl.ChannelMessage("promised"), impl.ChannelMessage("queued")
+    channel.send_nowait(promised)
     assert channel.qsize() == 0 and channel.empty() and not channel.full()
-    channel.send_nowait(buffered)
-    assert channel.full()
+    channel.send_nowait(queued)
+    assert channel.full() and channel.qsize() == 1
     with pytest.raises(asyncio.QueueFull):
         channel.send_nowait(impl.ChannelMessage("refused"))
-    assert await receiver is handed
-    assert channel.receive_nowait() is buffered
+    assert await receiver is promised
+    assert channel.receive_nowait() is queued
     stats = channel.stats()
     assert (stats.sent, stats.received, stats.peak_size) == (2, 2, 1)
 
 
-async def test_a_promised_sender_handing_over_passes_its_room_on(impl):
-    # The sender promised the only slot gives its message straight to a
-    # receiver: the slot is still free and the next blocked sender gets it.
+async def test_a_woken_sender_whose_message_is_promised_passes_its_room_on(impl):
+    # The sender promised the only slot sends to a blocked receiver: the
+    # message takes no room, so the next blocked sender gets the slot.
     channel = impl.InMemoryChannel(maxsize=1)
     channel.send_nowait(impl.ChannelMessage(0))
     senders = []
@@ -146,6 +146,31 @@ async def test_a_promised_sender_handing_over_passes_its_room_on(impl):
     assert (await receiver).payload == 1
     assert all(sender.done() for sender in senders)
     assert channel.receive_nowait().payload == 2
+
+
+async def test_a_newcomer_takes_a_queued_message_behind_promised_ones(impl):
+    # One message is promised to a woken receiver, one is queued: a receive
+    # arriving now need not wait, and messages still leave in order.
+    channel = impl.InMemoryChannel()
+    first = asyncio.ensure_future(channel.receive())
+    await settle()
+    channel.send_nowait(impl.ChannelMessage(1))
+    channel.send_nowait(impl.ChannelMessage(2))
+    newcomer = asyncio.ensure_future(channel.receive())
+    got = [(await first).payload, (await newcomer).payload]
+    assert sorted(got) == [1, 2]
+    assert channel.empty()
+
+
+async def test_peak_size_counts_what_a_woken_receive_many_drains(impl):
+    channel = impl.InMemoryChannel()
+    batch = asyncio.ensure_future(channel.receive_many(10))
+    await settle()
+    for i in range(5):
+        channel.send_nowait(impl.ChannelMessage(i))
+    assert channel.qsize() == 4  # one is promised to the receive_many
+    assert [m.payload for m in await batch] == [0, 1, 2, 3, 4]
+    assert channel.stats().peak_size == 4 and channel.stats().size == 0
 
 
 async def test_receive_many_waits_for_one_and_returns_up_to_max(impl):

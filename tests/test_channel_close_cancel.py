@@ -117,22 +117,65 @@ async def test_woken_then_cancelled_receiver_with_nobody_behind_it(impl):
     assert channel.receive_nowait().payload == "kept"
 
 
-async def test_a_message_given_back_goes_before_the_buffered_ones(impl):
-    # Handed over, then its receiver is cancelled: the message returns to the
-    # front of the buffer, even past maxsize; no send may add to it meanwhile.
+async def test_a_message_promised_to_a_cancelled_receiver_stays_first_in_line(impl):
+    # Promised, then its receiver is cancelled: the message is queued again,
+    # still first, even past maxsize; no send may add to it meanwhile.
     channel = impl.InMemoryChannel(maxsize=1)
     receiver = asyncio.ensure_future(channel.receive())
     await settle()
-    channel.send_nowait(impl.ChannelMessage("handed"))
-    channel.send_nowait(impl.ChannelMessage("buffered"))
+    channel.send_nowait(impl.ChannelMessage("promised"))
+    channel.send_nowait(impl.ChannelMessage("queued"))
     receiver.cancel()
     await settle()
     assert receiver.cancelled()
     assert channel.qsize() == 2 and channel.full()
     with pytest.raises(asyncio.QueueFull):
         channel.send_nowait(impl.ChannelMessage("refused"))
-    assert [channel.receive_nowait().payload for _ in range(2)] == ["handed", "buffered"]
+    assert [channel.receive_nowait().payload for _ in range(2)] == ["promised", "queued"]
     assert channel.stats().received == channel.stats().sent == 2
+    assert channel.stats().peak_size == 2
+
+
+async def test_cancelling_a_pool_of_blocked_receivers_keeps_the_order(impl):
+    # What TaskGroup or gather(...).cancel() does to idle workers.
+    channel = impl.InMemoryChannel(maxsize=10)
+    workers = [asyncio.ensure_future(channel.receive()) for _ in range(3)]
+    await settle()
+    for i in range(5):
+        await channel.send(impl.ChannelMessage(i))  # 0, 1, 2 promised; 3, 4 queued
+    for worker in workers:
+        worker.cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
+    assert [channel.receive_nowait().payload for _ in range(5)] == [0, 1, 2, 3, 4]
+
+
+async def test_one_receiver_never_sees_an_earlier_message_after_a_later_one(impl):
+    channel = impl.InMemoryChannel()
+    woken = asyncio.ensure_future(channel.receive())
+    await settle()
+    channel.send_nowait(impl.ChannelMessage(1))  # promised to `woken`
+    channel.send_nowait(impl.ChannelMessage(2))
+    seen = [channel.receive_nowait().payload]
+    woken.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await woken
+    seen.append(channel.receive_nowait().payload)
+    assert seen == [1, 2]
+
+
+async def test_a_receive_many_batch_stays_in_order_when_a_receiver_ahead_is_cancelled(impl):
+    channel = impl.InMemoryChannel()
+    ahead = asyncio.ensure_future(channel.receive())
+    await settle()
+    batch = asyncio.ensure_future(channel.receive_many(10))
+    await settle()
+    for i in (1, 2, 3):
+        channel.send_nowait(impl.ChannelMessage(i))  # 1 and 2 promised, 3 queued
+    ahead.cancel()
+    assert [m.payload for m in await batch] == [1, 2, 3]
+    with pytest.raises(asyncio.CancelledError):
+        await ahead
+    assert channel.stats().peak_size == 2
 
 
 async def test_cancelled_blocked_send_does_not_enqueue(impl):

@@ -227,6 +227,31 @@ async def test_observer_removing_itself_during_notification(impl):
     assert [entry if entry == "once" else entry[0] for entry in log] == ["once", "after", "after"]
 
 
+async def test_observers_changed_by_an_async_observer_apply_from_the_next_message(impl):
+    calls = []
+
+    async def nothing():
+        return None
+
+    def late(message, channel, phase):
+        calls.append(("late", phase))
+
+    def leaving(message, channel, phase):
+        calls.append(("leaving", phase))
+        channel.remove_observer(leaving)
+        channel.add_observer(late)
+        return nothing()
+
+    def staying(message, channel, phase):
+        calls.append(("staying", phase))
+
+    channel = impl.InMemoryChannel(observers=[leaving, staying])
+    await channel.send(impl.ChannelMessage(1))
+    assert calls == [("leaving", "send"), ("staying", "send")]
+    await channel.receive()
+    assert calls[2:] == [("staying", "receive"), ("late", "receive")]
+
+
 async def test_failed_send_nowait_reports_nothing(impl):
     log = []
     channel = impl.InMemoryChannel(maxsize=1, observers=[recorder(log)])

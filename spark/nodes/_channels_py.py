@@ -3,16 +3,16 @@
 Both builds keep the same state and follow the same steps, so they behave
 identically; ``spark.nodes.channels`` picks one of them.
 
-How an ``InMemoryChannel`` works: messages wait in a deque; blocked receivers
-and blocked senders wait on futures in two FIFO deques. A message sent while
-a receiver is blocked is *handed* to the oldest one (the future's result)
-and never enters the buffer, so receivers only ever wait on an empty buffer
-and the sender can go on without a task switch. Waking a blocked sender
-*promises* it a free slot; the promises are counted (``_senders_woken``) so
-that nobody arriving later can take one. A woken waiter that is cancelled
-before it runs gives back what it was given: a receiver its message (to the
-next blocked receiver, else to the front of the buffer), a sender its
-promise (to the next blocked sender). Nothing is lost or taken twice.
+How an ``InMemoryChannel`` works: messages wait in a deque, in the order
+they were sent, until a receiver takes the oldest; blocked receivers and
+blocked senders wait on futures in two FIFO deques. Waking a waiter
+*promises* it something: a buffered message to a receiver, a free slot to a
+sender. The promises are counted (``_receivers_woken``, ``_senders_woken``)
+so that nobody arriving later can take them. A message promised to a
+receiver no longer takes room (the receiver has it, in all but name), so a
+sender can go on without waiting for that receiver to run. A woken waiter
+that is cancelled before it runs hands its promise to the next waiter, so a
+wake-up is never lost and a message is never lost, taken twice or moved.
 """
 
 from __future__ import annotations
@@ -103,12 +103,10 @@ class InMemoryChannel(BaseChannel):
 
     * Messages leave in the order they were sent. Blocked senders are
       served in the order they blocked, and so are blocked receivers; a
-      message sent while a receiver is blocked is handed to it directly and
-      takes no room in the buffer.
+      message promised to a blocked receiver takes no room.
     * A cancelled ``send`` has not enqueued its message; a cancelled
-      ``receive`` has not taken one (a message handed to it goes to the next
-      receiver, or back to the front of the buffer). Nothing is lost or
-      duplicated.
+      ``receive`` has not taken one (its promise goes to the next blocked
+      receiver). Nothing is lost, duplicated or reordered.
     * ``close()`` wakes every blocked sender with ``ChannelClosed`` (their
       messages are not enqueued); receivers drain what is buffered, then get
       ``ChannelClosed``.
@@ -123,6 +121,7 @@ class InMemoryChannel(BaseChannel):
         "_maxsize",
         "_peak_size",
         "_receivers",
+        "_receivers_woken",
         "_senders",
         "_senders_woken",
         "_sent",
@@ -141,18 +140,22 @@ class InMemoryChannel(BaseChannel):
         # path of an open unbounded channel.
         self._guarded = bool(self._maxsize)
         self._buffer: deque[ChannelMessage[Any]] = deque()
-        # Futures of blocked tasks, oldest first. A receiver's result is the
-        # message handed to it, or None when close() woke it; a sender's is
-        # True when it was promised a slot, False when close() woke it.
-        self._receivers: deque[asyncio.Future[ChannelMessage[Any] | None]] = deque()
+        # Futures of blocked tasks, oldest first. A future's result is True
+        # when it was woken with a promise, False when woken by close().
+        self._receivers: deque[asyncio.Future[bool]] = deque()
         self._senders: deque[asyncio.Future[bool]] = deque()
+        # Messages at the front of the buffer promised to woken receivers
+        # that have not run yet; they take no room and are not counted in
+        # qsize(). Buffered messages minus these are the queued ones.
+        self._receivers_woken = 0
         # Free slots promised to woken senders that have not run yet.
         self._senders_woken = 0
         # Sends are counted once, as ``_unseen``; the first receive from the
         # buffer after them moves that count into ``_sent`` and checks whether
         # the size before it is a new peak. So the count of sends is
         # ``_sent + _unseen``, received ones are that minus the buffered ones,
-        # and neither path does more than one piece of bookkeeping.
+        # and neither path does more than one piece of bookkeeping. Other
+        # ways of taking a message check the peak themselves.
         self._sent = 0
         self._unseen = 0
         self._peak_size = 0
@@ -170,11 +173,12 @@ class InMemoryChannel(BaseChannel):
         if self._guarded:
             if self._closed:
                 raise self._closed_error()
-            if len(self._buffer) + self._senders_woken >= self._maxsize:
+            if self._room_taken() >= self._maxsize:
                 await self._wait_for_room()
+        self._buffer.append(message)
         self._unseen += 1
-        if not self._receivers or not self._hand_off(message):
-            self._buffer.append(message)
+        if self._receivers:
+            self._wake_receivers()
         if self._observers:
             await self._notify_observers(message, "send")
 
@@ -189,11 +193,12 @@ class InMemoryChannel(BaseChannel):
         if self._guarded:
             if self._closed:
                 raise self._closed_error()
-            if len(self._buffer) + self._senders_woken >= self._maxsize:
+            if self._room_taken() >= self._maxsize:
                 raise asyncio.QueueFull
+        self._buffer.append(message)
         self._unseen += 1
-        if not self._receivers or not self._hand_off(message):
-            self._buffer.append(message)
+        if self._receivers:
+            self._wake_receivers()
         if self._observers:
             self._notify_observers_nowait(message, "send")
 
@@ -217,11 +222,15 @@ class InMemoryChannel(BaseChannel):
     def _wake_senders(self) -> None:
         """Promise each free slot to the oldest blocked sender."""
         senders = self._senders
-        while senders and len(self._buffer) + self._senders_woken < self._maxsize:
+        while senders and self._room_taken() < self._maxsize:
             future = senders.popleft()
             if not future.done():
                 future.set_result(True)
                 self._senders_woken += 1
+
+    def _room_taken(self) -> int:
+        """Queued messages plus the slots promised to woken senders."""
+        return len(self._buffer) - self._receivers_woken + self._senders_woken
 
     # -- receiving -------------------------------------------------------
 
@@ -232,7 +241,7 @@ class InMemoryChannel(BaseChannel):
         cancelled, no message was taken.
         """
         buffer = self._buffer
-        if buffer:
+        if buffer and not self._receivers_woken:
             if self._unseen:  # the first receive after sends: the size may be a new peak
                 self._sent += self._unseen
                 self._unseen = 0
@@ -252,14 +261,11 @@ class InMemoryChannel(BaseChannel):
 
         Raises ``ChannelClosed`` instead once the channel is closed and drained.
         """
-        buffer = self._buffer
-        if not buffer:
+        if len(self._buffer) <= self._receivers_woken:
             if self._closed:
                 raise self._closed_error()
             raise asyncio.QueueEmpty
-        if len(buffer) > self._peak_size:
-            self._peak_size = len(buffer)
-        message = buffer.popleft()
+        message = self._take_queued()
         if self._senders:
             self._wake_senders()
         if self._observers:
@@ -269,15 +275,13 @@ class InMemoryChannel(BaseChannel):
     async def receive_many(self, max_items: int) -> list[ChannelMessage[Any]]:
         """Wait for at least one message, then return up to ``max_items``, in order."""
         check_max_items(max_items)
-        buffer = self._buffer
-        if buffer:
-            if len(buffer) > self._peak_size:
-                self._peak_size = len(buffer)
-            batch = [buffer.popleft()]
-        else:
-            batch = [await self._wait_for_message()]
-        for _ in range(min(max_items - 1, len(buffer))):
-            batch.append(buffer.popleft())
+        batch = [await self._wait_for_message()]
+        more = min(max_items - 1, len(self._buffer) - self._receivers_woken)
+        if more > 0:
+            self._note_size()
+            buffer = self._buffer
+            for _ in range(more):
+                batch.append(buffer.popleft())
         if self._senders:
             self._wake_senders()
         if self._observers:
@@ -286,44 +290,50 @@ class InMemoryChannel(BaseChannel):
         return batch
 
     async def _wait_for_message(self) -> ChannelMessage[Any]:
+        """Take the oldest message, waiting for a promise of one if none is queued."""
+        if len(self._buffer) > self._receivers_woken:
+            return self._take_queued()  # promised ones are ahead, but one is free
         if self._closed:
             raise self._closed_error()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[ChannelMessage[Any] | None] = loop.create_future()
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._receivers.append(future)
         try:
-            message = await future
+            promised = await future
         except BaseException:
-            if future.done() and not future.cancelled():
-                handed = future.result()
-                if handed is not None:
-                    self._give_back(handed)
+            if future.done() and not future.cancelled() and future.result():
+                self._receivers_woken -= 1  # the message is queued again...
+                self._note_size()
+                self._wake_receivers()  # ...for the next blocked receiver
             else:
                 _discard(self._receivers, future)
             raise
-        if message is None:
+        if not promised:
             raise self._closed_error()
-        return message
+        self._receivers_woken -= 1
+        return self._buffer.popleft()
 
-    def _hand_off(self, message: ChannelMessage[Any]) -> bool:
-        """Give ``message`` to the oldest blocked receiver; False if none is left."""
+    def _take_queued(self) -> ChannelMessage[Any]:
+        """Dequeue the oldest message while more are buffered than promised."""
+        self._note_size()
+        return self._buffer.popleft()
+
+    def _note_size(self) -> None:
+        size = len(self._buffer) - self._receivers_woken
+        if size > self._peak_size:
+            self._peak_size = size
+
+    def _wake_receivers(self) -> None:
+        """Promise each queued message to the oldest blocked receiver."""
         receivers = self._receivers
-        while receivers:
+        promised = False
+        while receivers and len(self._buffer) > self._receivers_woken:
             future = receivers.popleft()
             if not future.done():
-                future.set_result(message)
-                if self._senders:  # a promised sender handing off leaves its slot free
-                    self._wake_senders()
-                return True
-        return False
-
-    def _give_back(self, message: ChannelMessage[Any]) -> None:
-        """Return a message handed to a receiver that was cancelled before it ran."""
-        if not self._receivers or not self._hand_off(message):
-            buffer = self._buffer
-            buffer.appendleft(message)
-            if len(buffer) > self._peak_size:
-                self._peak_size = len(buffer)
+                future.set_result(True)
+                self._receivers_woken += 1
+                promised = True
+        if promised and self._senders:  # a promised message no longer takes room
+            self._wake_senders()
 
     # -- state -----------------------------------------------------------
 
@@ -337,15 +347,11 @@ class InMemoryChannel(BaseChannel):
         if self._closed:
             return
         self._closed = self._guarded = True
-        receivers, senders = self._receivers, self._senders
-        while receivers:
-            receiver = receivers.popleft()
-            if not receiver.done():
-                receiver.set_result(None)
-        while senders:
-            sender = senders.popleft()
-            if not sender.done():
-                sender.set_result(False)
+        for waiters in (self._receivers, self._senders):
+            while waiters:
+                future = waiters.popleft()
+                if not future.done():
+                    future.set_result(False)
 
     @property
     def maxsize(self) -> int:
@@ -353,24 +359,24 @@ class InMemoryChannel(BaseChannel):
         return self._maxsize
 
     def qsize(self) -> int:
-        """How many messages are buffered."""
-        return len(self._buffer)
+        """How many messages are queued (not yet promised to a woken receiver)."""
+        return len(self._buffer) - self._receivers_woken
 
     def empty(self) -> bool:
         """Whether a new ``receive`` would have to wait."""
-        return not self._buffer
+        return len(self._buffer) <= self._receivers_woken
 
     def full(self) -> bool:
         """Whether a new ``send`` would have to wait."""
-        return bool(self._maxsize) and len(self._buffer) + self._senders_woken >= self._maxsize
+        return bool(self._maxsize) and self._room_taken() >= self._maxsize
 
     def stats(self) -> ChannelStats:
         """A snapshot of the channel's counters."""
         return ChannelStats(
             sent=self._sent + self._unseen,
             received=self._sent + self._unseen - len(self._buffer),
-            size=len(self._buffer),
-            peak_size=max(self._peak_size, len(self._buffer)),
+            size=self.qsize(),
+            peak_size=max(self._peak_size, self.qsize()),
             maxsize=self._maxsize,
             senders_waiting=_count_pending(self._senders),
             receivers_waiting=_count_pending(self._receivers),
