@@ -114,14 +114,15 @@ class GraphRun:
         for node in self._nodes:
             for edge in node.edges:
                 predecessors[edge.target.id].add(node.id)
-        bindings = {
-            node: RunBinding(
-                channels={edge: self._edge_channel(edge) for edge in node.edges},
+        bindings = {}
+        for node in self._nodes:
+            channels = {edge: self._edge_channel(edge) for edge in node.edges}
+            bindings[node] = RunBinding(
+                channels=channels,
                 predecessors=frozenset(predecessors[node.id]),
                 on_output=None if node.edges else self._output_sink(node.id),
+                outgoing=tuple(channels.values()),
             )
-            for node in self._nodes
-        }
         for node, binding in bindings.items():
             node._binding = binding
             self._bound.append(node)

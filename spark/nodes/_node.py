@@ -8,7 +8,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from types import CoroutineType
 from typing import Any, TypeVar
@@ -57,6 +57,8 @@ class RunBinding:
     """The ids of the nodes in the run with an edge into this one."""
     on_output: Callable[[Any], None] | None
     """Receives what a sink node emits; ``None`` for a node with successors."""
+    outgoing: Sequence[BaseChannel] = ()
+    """``channels``' values in the order of the node's edges, looked up once per run."""
 
 
 class Node:
@@ -104,8 +106,6 @@ class Node:
         self._edges: list[Edge] = []
         self._incoming: list[Edge] = []
         self._binding: RunBinding | None = None
-        # _outgoing_channels() as computed for a run's binding and number of edges.
-        self._routes: tuple[RunBinding | None, int, list[BaseChannel]] = (None, -1, [])
         self._receiving = False
         self._processed = 0
         self._failed = 0
@@ -338,11 +338,10 @@ class Node:
             "timestamp": time.monotonic(),
         }
 
-    def _outgoing_channels(self) -> list[BaseChannel]:
+    def _outgoing_channels(self) -> Sequence[BaseChannel]:
         binding = self._binding
-        bound_to, edge_count, channels = self._routes
-        if binding is not None and bound_to is binding and edge_count == len(self._edges):
-            return channels  # a run's routes are fixed; outside a run, mailboxes may be swapped
+        if binding is not None and len(binding.outgoing) == len(self._edges):
+            return binding.outgoing  # no edge was added since the run began
         routes = binding.channels if binding is not None else {}
         channels = []
         for edge in self._edges:
@@ -350,7 +349,6 @@ class Node:
             if channel is None:
                 channel = edge.target.mailbox if edge.channel is None else edge.channel
             channels.append(channel)
-        self._routes = (binding, len(self._edges), channels)
         return channels
 
     def _predecessor_ids(self) -> frozenset[str]:
