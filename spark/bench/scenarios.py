@@ -274,18 +274,33 @@ async def plain_alternating(contender: Contender, messages: Sequence[Any]) -> No
 _EDGE = {"edge_id": "a->b", "from_node": "a"}
 
 
-async def forwarding(contender: Contender, messages: Sequence[Any]) -> None:
-    """Alternating send/receive through a ForwardingChannel, as on a graph edge."""
-    module = contender.module
-    downstream = module.InMemoryChannel()
-    forwarder = module.ForwardingChannel(downstream, metadata_defaults=_EDGE)
-    send, receive = forwarder.send, downstream.receive
+async def _alternate_payloads(send: Any, receive: Any, messages: Sequence[Any]) -> Any:
+    """Send, then receive, each message, checking payloads (copies may arrive); the last one."""
     received = None
     for message in messages:
         await send(message)
         received = await receive()
         if received.payload is not message.payload:
             raise _lost(received.payload, message.payload)
+    return received
+
+
+async def _batch_payloads(send_nowait: Any, receive: Any, messages: Sequence[Any]) -> None:
+    """send_nowait every message, then receive each, checking payloads (copies may arrive)."""
+    for message in messages:
+        send_nowait(message)
+    for message in messages:
+        received = await receive()
+        if received.payload is not message.payload:
+            raise _lost(received.payload, message.payload)
+
+
+async def forwarding(contender: Contender, messages: Sequence[Any]) -> None:
+    """Alternating send/receive through a ForwardingChannel, as on a graph edge."""
+    module = contender.module
+    downstream = module.InMemoryChannel()
+    forwarder = module.ForwardingChannel(downstream, metadata_defaults=_EDGE)
+    received = await _alternate_payloads(forwarder.send, downstream.receive, messages)
     if received is not None and received.metadata != _EDGE:
         raise AssertionError(f"forwarded message not enriched: {received.metadata!r}")
 
@@ -293,12 +308,7 @@ async def forwarding(contender: Contender, messages: Sequence[Any]) -> None:
 async def plain_payloads(contender: Contender, messages: Sequence[Any]) -> None:
     """The forwarding baseline: the same loop through a plain channel."""
     channel = contender.module.InMemoryChannel()
-    send, receive = channel.send, channel.receive
-    for message in messages:
-        await send(message)
-        received = await receive()
-        if received.payload is not message.payload:
-            raise _lost(received.payload, message.payload)
+    await _alternate_payloads(channel.send, channel.receive, messages)
 
 
 async def forwarding_batch(contender: Contender, messages: Sequence[Any]) -> None:
@@ -306,25 +316,13 @@ async def forwarding_batch(contender: Contender, messages: Sequence[Any]) -> Non
     module = contender.module
     downstream = module.InMemoryChannel()
     forwarder = module.ForwardingChannel(downstream, metadata_defaults=_EDGE)
-    send_nowait, receive = forwarder.send_nowait, downstream.receive
-    for message in messages:
-        send_nowait(message)
-    for message in messages:
-        received = await receive()
-        if received.payload is not message.payload:
-            raise _lost(received.payload, message.payload)
+    await _batch_payloads(forwarder.send_nowait, downstream.receive, messages)
 
 
 async def plain_batch(contender: Contender, messages: Sequence[Any]) -> None:
     """The batch baseline: send_nowait x N, then receive x N through a plain channel."""
     channel = contender.module.InMemoryChannel()
-    send_nowait, receive = channel.send_nowait, channel.receive
-    for message in messages:
-        send_nowait(message)
-    for message in messages:
-        received = await receive()
-        if received.payload is not message.payload:
-            raise _lost(received.payload, message.payload)
+    await _batch_payloads(channel.send_nowait, channel.receive, messages)
 
 
 async def receive_many(contender: Contender, messages: Sequence[Any]) -> None:
