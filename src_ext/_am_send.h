@@ -29,16 +29,56 @@ static PySendResult spark_am_send(PyObject *op, PyObject *arg, PyObject **result
 
 /* Finish an iteration with `value` (a reference this steals) as the result.
  *
- * Since CPython 3.12 the interpreter's SEND calls tp_iternext, so the result
- * has to travel in a StopIteration. Raising it from C, with no Python frame,
- * costs no traceback; a None result needs no exception at all (an iterator
- * that stops without one returns None). */
+ * Since CPython 3.12 the interpreter's SEND calls tp_iternext, so a result
+ * has to travel in a StopIteration. A None result needs no exception at all
+ * (an iterator that stops without one returns None). Any other result goes
+ * in one StopIteration kept for the purpose and reused while nobody else
+ * holds it: SEND takes the value out at once, so building a new exception
+ * per result (an allocation the garbage collector tracks, plus an args
+ * tuple) would be pure overhead. The reused exception's reference to the
+ * value is dropped at the next step of any operation (spark_forget_result),
+ * so a received message is not kept alive by the core. */
+static PyObject *spark_stop = NULL;
+
+static inline void spark_forget_result(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *stop = spark_stop;
+    if (stop != NULL && Py_REFCNT(stop) == 1) {
+        Py_CLEAR(((PyStopIterationObject *)stop)->value);
+    }
+#endif
+}
+
 static PyObject *spark_stop_iteration(PyObject *value)
 {
     if (value == Py_None) {
         Py_DECREF(value);
         return NULL;
     }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *stop = spark_stop;
+    if (stop == NULL || Py_REFCNT(stop) != 1) {
+        /* Held elsewhere (someone caught it): leave it to them, make another. */
+        stop = PyObject_CallNoArgs(PyExc_StopIteration);
+        if (stop == NULL) {
+            Py_DECREF(value);
+            return NULL;
+        }
+        Py_XSETREF(spark_stop, stop);
+    }
+    else {
+        PyBaseExceptionObject *base = (PyBaseExceptionObject *)stop;
+        if (base->traceback != NULL || base->context != NULL || base->cause != NULL) {
+            Py_CLEAR(base->traceback);
+            Py_CLEAR(base->context);
+            Py_CLEAR(base->cause);
+        }
+    }
+    Py_XSETREF(((PyStopIterationObject *)stop)->value, value);
+    PyErr_SetRaisedException(Py_NewRef(stop));
+    return NULL;
+#else
     if (PyTuple_Check(value) || PyExceptionInstance_Check(value)) {
         /* PyErr_SetObject would unpack a tuple or use an exception as is. */
         PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, value);
@@ -52,11 +92,13 @@ static PyObject *spark_stop_iteration(PyObject *value)
     PyErr_SetObject(PyExc_StopIteration, value);
     Py_DECREF(value);
     return NULL;
+#endif
 }
 
 static PyObject *spark_iternext(PyObject *op)
 {
     PyObject *result = NULL;
+    spark_forget_result();
     int status = spark_step(op, Py_None, &result);
     if (status < 0) {
         return NULL;
@@ -77,24 +119,6 @@ static int spark_install_am_send(PyTypeObject *type, spark_step_fn step)
     type->tp_as_async->am_send = spark_am_send;
     type->tp_iternext = spark_iternext;
     return 0;
-}
-
-/* Replace an attribute of a (static, immutable) extension type. */
-static int spark_set_type_attribute(PyTypeObject *type, const char *name, PyObject *value)
-{
-#if PY_VERSION_HEX >= 0x030C0000
-    PyObject *dict = PyType_GetDict(type);
-#else
-    PyObject *dict = type->tp_dict;
-    Py_XINCREF(dict);
-#endif
-    if (dict == NULL) {
-        return -1;
-    }
-    int status = PyDict_SetItemString(dict, name, value);
-    Py_DECREF(dict);
-    PyType_Modified(type);
-    return status;
 }
 
 /* observer(message, channel, phase): a new reference, or NULL with the

@@ -23,7 +23,6 @@ from cpython.ref cimport Py_DECREF, Py_INCREF, _Py_REFCNT
 
 import asyncio
 import inspect
-import sys
 from collections.abc import Mapping as _Mapping
 import types
 from types import GenericAlias
@@ -61,7 +60,7 @@ cdef inline int raise_current() except -1:
 cdef extern from "_am_send.h":
     ctypedef int (*spark_step_fn)(PyObject* op, PyObject* arg, PyObject** result) except -1
     int spark_install_am_send(PyTypeObject* type, spark_step_fn step)
-    int spark_set_type_attribute(PyTypeObject* type, const char* name, object value) except -1
+    void spark_forget_result()
     PyObject* spark_call_observer(PyObject* observer, PyObject* message, PyObject* channel, PyObject* phase)
 
 cdef object _QueueFull = asyncio.QueueFull
@@ -78,7 +77,6 @@ cdef inline bint _isawaitable(object value) except -1:
     return type(value) is _CoroutineType or _inspect_isawaitable(value)
 cdef object _MISSING = _channels_py._MISSING
 cdef object _SUSPEND = object()   # _Op._resume's answer when the op must wait
-cdef object _NOT_READY = object()  # InMemoryChannel._receive_ready's answer when it cannot
 cdef str _SEND = "send"
 cdef str _RECEIVE = "receive"
 
@@ -218,6 +216,15 @@ cdef class _Ring:
         Py_DECREF(item)  # ...replacing the one the ring held
         return item
 
+    cdef inline PyObject* take(self):
+        """Remove the oldest item and return the ring's reference to it; the ring must not be empty."""
+        cdef Py_ssize_t head = self.head
+        cdef PyObject* slot = PyList_GET_ITEM(self.items, head)
+        _list_store(self.items, head, NULL)
+        self.head = (head + 1) & self.mask
+        self.count -= 1
+        return slot
+
     cdef inline object at(self, Py_ssize_t i):
         """The i-th oldest item (borrowed into a new reference)."""
         return <object>PyList_GET_ITEM(self.items, (self.head + i) & self.mask)
@@ -306,6 +313,9 @@ cdef class _Op:
     cdef int kind
     cdef int state
     cdef int woken
+
+    def __dealloc__(self):
+        spark_forget_result()
 
     def __await__(self):
         return self
@@ -552,6 +562,34 @@ cdef class _Op:
 
 cdef int _op_step(PyObject* raw, PyObject* arg, PyObject** result) except -1:
     cdef _Op op = <_Op>raw
+    cdef InMemoryChannel channel
+    cdef _Ring buffer
+    cdef int kind = op.kind
+    if op.state == ST_INIT and (kind == OP_RECEIVE or kind == OP_ANEXT):
+        # The common case in a few steps: a queued message, nothing to notify.
+        channel = op.channel
+        buffer = channel._buffer
+        if buffer.count > channel._receivers_woken and not channel._observers and not channel._senders.count:
+            channel._note_size()
+            result[0] = buffer.take()
+            op.state = ST_DONE
+            op.channel = None
+            return 0
+    elif op.state == ST_INIT and kind == OP_SEND and op.forwarder is None:
+        channel = op.channel
+        if (
+            not channel._observers
+            and not channel._closed
+            and _is_message(op.message)
+            and (not channel._maxsize or channel._room_taken() < channel._maxsize)
+        ):
+            channel._enqueue(op.message)
+            op.state = ST_DONE
+            op.channel = None
+            op.message = None
+            Py_INCREF(None)
+            result[0] = <PyObject*>None
+            return 0
     value = op._resume(<object>arg)
     if value is _SUSPEND:
         yielded = op.future if op.delegate is None else op._delegate_yield
@@ -780,8 +818,6 @@ cdef class InMemoryChannel(_ObservedChannel):
     # The loop of the last blocking op and its create_future, looked up once.
     cdef object _loop
     cdef object _create_future
-    # A receive whose async observers are still to be awaited (3.12+ receive).
-    cdef object _pending_receive
 
     def __init__(self, name=None, maxsize=0, observers=None):
         self._name = check_name(name)
@@ -872,6 +908,7 @@ cdef class InMemoryChannel(_ObservedChannel):
 
     # -- sending --
 
+    @cython.binding(False)
     def send(self, message):
         """Enqueue ``message``, waiting while the channel is full.
 
@@ -882,6 +919,7 @@ cdef class InMemoryChannel(_ObservedChannel):
         op.message = message
         return op
 
+    @cython.binding(False)
     def send_nowait(self, message):
         """Enqueue ``message`` now, or raise ``asyncio.QueueFull``.
 
@@ -892,6 +930,7 @@ cdef class InMemoryChannel(_ObservedChannel):
 
     # -- receiving --
 
+    @cython.binding(False)
     def receive(self):
         """Return the next message, waiting while the channel is empty.
 
@@ -900,41 +939,7 @@ cdef class InMemoryChannel(_ObservedChannel):
         """
         return _new_op(self, OP_RECEIVE)
 
-    @cython.binding(False)  # a plain method descriptor: the interpreter calls it directly
-    def _receive_ready(self):
-        """The next message when one can be taken without waiting, else _NOT_READY.
-
-        Used by the Python-coroutine ``receive`` (CPython 3.12+). Observers
-        run here; when one returns an awaitable, the rest of the receive is
-        left in ``_pending_receive`` and _NOT_READY is returned, so that
-        ``_receive_awaitable`` hands it over to be awaited.
-        """
-        if self._buffer.count <= self._receivers_woken:
-            return _NOT_READY
-        message = self._dequeue()
-        if self._senders.count:
-            self._wake_senders()
-        cdef tuple observers = self._observers
-        if observers:
-            hit = _call_observers(observers, 0, self, message, _RECEIVE)
-            if hit is not None:
-                awaitable, observer, following = hit
-                plan = [(observers, following, self, message)]
-                self._pending_receive = _finish_notify(
-                    awaitable, observer, self, _RECEIVE, plan, message
-                )
-                return _NOT_READY
-        return message
-
-    @cython.binding(False)  # a plain method descriptor: the interpreter calls it directly
-    def _receive_awaitable(self):
-        """What receive awaits when _receive_ready had no message to give."""
-        pending = self._pending_receive
-        if pending is not None:
-            self._pending_receive = None
-            return pending
-        return _new_op(self, OP_RECEIVE)
-
+    @cython.binding(False)
     def receive_nowait(self):
         """Return the next message now, or raise ``asyncio.QueueEmpty``.
 
@@ -942,6 +947,7 @@ cdef class InMemoryChannel(_ObservedChannel):
         """
         return self._receive_nowait()
 
+    @cython.binding(False)
     def receive_many(self, max_items):
         """Wait for at least one message, then return up to ``max_items``, in order."""
         cdef _Op op = _new_op(self, OP_RECEIVE_MANY)
@@ -1159,14 +1165,3 @@ cdef class ForwardingChannel(_ObservedChannel):
 BaseChannel.register(InMemoryChannel)
 BaseChannel.register(ForwardingChannel)
 
-if sys.version_info >= (3, 12):
-    # A Python coroutine hands its result back without a StopIteration; from
-    # 3.12 that makes it the faster receive (see spark/nodes/_coroutines.py).
-    from spark.nodes._coroutines import make_receive
-
-    _receive = make_receive(
-        InMemoryChannel._receive_ready, InMemoryChannel._receive_awaitable, _NOT_READY
-    )
-    _receive.__doc__ = InMemoryChannel.receive.__doc__
-    _receive.__qualname__ = "InMemoryChannel.receive"
-    spark_set_type_attribute(<PyTypeObject*>InMemoryChannel, b"receive", _receive)
