@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: test bench lint wheels clean
 
-$(INSTALLED): pyproject.toml setup.py $(wildcard src_ext/*.pyx src_ext/*.pxd src_ext/*.h)
+$(INSTALLED): pyproject.toml setup.py $(wildcard src_ext/*.pyx src_ext/*.pxi src_ext/*.pxd src_ext/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --editable '.[test]'

@@ -38,7 +38,9 @@ contents=$(tar -tzf "$sdist")
 if grep -E '\.(c|so|html)$' <<<"$contents"; then
     echo "the sdist ships generated files (listed above)" >&2; exit 1
 fi
-grep -q 'src_ext/_channels_c.pyx' <<<"$contents" || { echo "the sdist lacks the .pyx" >&2; exit 1; }
+for source in _channels_c.pyx _worker.pxi _worker.h _am_send.h; do
+    grep -q "src_ext/$source" <<<"$contents" || { echo "the sdist lacks src_ext/$source" >&2; exit 1; }
+done
 
 for python in "${pythons[@]}"; do
     tag=$("$python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
@@ -51,7 +53,7 @@ for python in "${pythons[@]}"; do
         || { cat "$work/audit-$tag.log" >&2; exit 1; }
     wheel=$(ls "$out"/*-"$tag"-"$tag"-*manylinux*.whl)
     listing=$("$work/tools/bin/python" -m zipfile -l "$wheel")
-    if grep -E '\.(pyx|pxd|c|html)\b|(^|/)tests/' <<<"$listing"; then
+    if grep -E '\.(pyx|pxi|pxd|c|h|html)\b|(^|/)tests/' <<<"$listing"; then
         echo "the wheel ships sources or tests (listed above)" >&2; exit 1
     fi
     "$python" -m venv "$work/venv-$tag"

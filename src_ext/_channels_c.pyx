@@ -1165,3 +1165,5 @@ cdef class ForwardingChannel(_ObservedChannel):
 BaseChannel.register(InMemoryChannel)
 BaseChannel.register(ForwardingChannel)
 
+
+include "_worker.pxi"

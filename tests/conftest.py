@@ -4,6 +4,10 @@
   compiled one is skipped when it is not built, unless
   ``SPARK_REQUIRE_EXTENSIONS`` is set (``make test`` sets it), which turns a
   missing build into a failure.
+* ``node_build`` (used by every node and graph test module) makes the nodes
+  a test creates get a mailbox of that build, so each node and graph test
+  runs the compiled worker loop once and the pure one (its specification)
+  once; edges follow their target's mailbox.
 * An ``async def`` test runs once on the default asyncio loop and once on
   uvloop, each in a fresh loop, with a time limit, and must not leave a task
   running behind it.
@@ -22,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from spark.nodes import _bridge, _channels_py
+from spark.nodes import _bridge, _channels_py, _node, _worker
 
 REQUIRE_EXTENSIONS = bool(os.environ.get("SPARK_REQUIRE_EXTENSIONS"))
 DEFAULT_TIMEOUT = 30.0
@@ -70,6 +74,18 @@ def _load(name: str) -> Impl:
 def impl(request: pytest.FixtureRequest) -> Impl:
     """The channel build under test (pure or compiled)."""
     return _load(request.param)
+
+
+@pytest.fixture
+def node_build(impl: Impl, monkeypatch: pytest.MonkeyPatch) -> Impl:
+    """Nodes made in the test get ``impl``'s mailbox by default, and so its worker loop."""
+    monkeypatch.setattr(_node, "InMemoryChannel", impl.InMemoryChannel)
+    return impl
+
+
+def uses_compiled_loop(node: Any) -> bool:
+    """Whether ``node.go()`` runs the compiled worker loop."""
+    return _worker.compiled_loop(node) is not None
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -57,11 +57,13 @@ def test_example_runs_as_a_script(name: str, expected: list[str]) -> None:
         assert line in output
 
 
+@pytest.mark.usefixtures("node_build")
 async def test_mailbox_example() -> None:
     handled = await load("mailbox").main()
     assert [payload["data"] for payload in handled] == ["alpha", "beta", "gamma"]
 
 
+@pytest.mark.usefixtures("node_build")
 async def test_long_running_pipeline_example() -> None:
     (reference, last), default = await load("long_running_pipeline").main()
     assert reference.status is RunStatus.STOPPED
@@ -71,6 +73,7 @@ async def test_long_running_pipeline_example() -> None:
 
 
 @pytest.mark.timeout_s(60)
+@pytest.mark.usefixtures("node_build")
 async def test_graceful_shutdown_example() -> None:
     completed: Any
     exhausted: Any

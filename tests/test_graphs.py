@@ -23,10 +23,12 @@ from spark.nodes import Edge, Node
 from spark.nodes.channels import (
     BaseChannel,
     ChannelMessage,
-    ForwardingChannel,
     InMemoryChannel,
 )
 from spark.nodes.config import NodeConfig
+
+# Every test runs each build's worker loop (see conftest.node_build).
+pytestmark = pytest.mark.usefixtures("node_build")
 
 LONG = TaskType.LONG_RUNNING
 
@@ -416,14 +418,14 @@ async def test_edges_get_forwarding_channels_with_edge_metadata() -> None:
     assert isinstance(message.metadata["timestamp"], float)
 
 
-async def test_channel_factory_makes_the_edge_channels() -> None:
+async def test_channel_factory_makes_the_edge_channels(node_build: Any) -> None:
     a, b, c = Node(id="a"), Node(id="b"), Node(id="c")
     a >> b >> c
     made: list[Edge] = []
 
     def factory(edge: Edge) -> BaseChannel:
         made.append(edge)
-        return ForwardingChannel(
+        return node_build.ForwardingChannel(
             edge.target.mailbox, metadata_defaults={**edge.metadata, "backend": "custom"}
         )
 
@@ -456,9 +458,9 @@ async def test_channel_factory_must_return_a_channel() -> None:
     assert a._binding is None
 
 
-async def test_an_edge_with_its_own_channel_keeps_it() -> None:
+async def test_an_edge_with_its_own_channel_keeps_it(node_build: Any) -> None:
     a, b = Node(), Node()
-    a.connect(b, channel=ForwardingChannel(b.mailbox, metadata_defaults={"via": "own"}))
+    a.connect(b, channel=node_build.ForwardingChannel(b.mailbox, metadata_defaults={"via": "own"}))
     into_b = record_sends(b.mailbox)
     await Graph(a).run(Task(inputs=inputs([1])))
     [message] = [m for m in into_b if not m.is_shutdown]

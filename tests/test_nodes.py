@@ -21,6 +21,9 @@ from spark.nodes.channels import (
     InMemoryChannel,
 )
 
+# Every test runs each build's worker loop (see conftest.node_build).
+pytestmark = pytest.mark.usefixtures("node_build")
+
 # -- helpers ---------------------------------------------------------------
 
 
@@ -77,11 +80,11 @@ async def settle() -> None:
 # -- construction ----------------------------------------------------------
 
 
-def test_each_node_gets_a_unique_id_and_its_own_unbounded_mailbox() -> None:
+def test_each_node_gets_a_unique_id_and_its_own_unbounded_mailbox(node_build: Any) -> None:
     first, second = Node(), Node()
     assert first.id != second.id
     assert len(first.id) == 32 and int(first.id, 16) >= 0
-    assert isinstance(first.mailbox, InMemoryChannel)
+    assert type(first.mailbox) is node_build.InMemoryChannel
     assert first.mailbox.name == f"node:{first.id}"
     assert first.mailbox.maxsize == 0
     assert first.mailbox is not second.mailbox
@@ -365,20 +368,30 @@ async def test_created_trace_ids_are_distinct_and_each_successor_gets_its_own_me
     assert all(x.metadata is not y.metadata for x, y in zip(into_b, into_c, strict=True))
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_worker_does_not_repeat_the_parents_trace_ids() -> None:
+def new_trace_ids(impl: Any) -> Any:
+    """The trace id generator of ``impl``'s worker loop."""
     from spark.nodes import _node
 
+    if impl.name == "cython":
+        return impl.new_trace_id
+    return lambda: _node._trace_id(None)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_worker_does_not_repeat_the_parents_trace_ids(node_build: Any) -> None:
+    new_trace_id = new_trace_ids(node_build)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report its next id and leave at once
-        os.write(write, f"{_node._trace_bits(128):032x}".encode())
+        os.write(write, new_trace_id().encode())
         os._exit(0)
     os.close(write)
     child = os.read(read, 64).decode()
     os.close(read)
     os.waitpid(pid, 0)
-    assert len(child) == 32 and child != f"{_node._trace_bits(128):032x}"
+    parent = new_trace_id()
+    assert len(child) == 32 and int(child, 16) >= 0
+    assert child != parent
 
 
 async def test_emit_sends_with_tracing_from_a_custom_loop() -> None:
@@ -519,9 +532,9 @@ def test_stop_on_a_full_mailbox_still_sets_the_flag() -> None:
     assert node.mailbox.qsize() == 1
 
 
-async def test_an_edge_channel_is_used_outside_a_graph() -> None:
+async def test_an_edge_channel_is_used_outside_a_graph(node_build: Any) -> None:
     a, b = Node(), Node()
-    a.connect(b, channel=ForwardingChannel(b.mailbox, metadata_defaults={"via": "edge"}))
+    a.connect(b, channel=node_build.ForwardingChannel(b.mailbox, metadata_defaults={"via": "edge"}))
     await run_until_done(a, ChannelMessage(payload=1), shutdown())
     assert all(m.metadata["via"] == "edge" for m in drain(b.mailbox))
 

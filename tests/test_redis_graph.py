@@ -19,6 +19,9 @@ from spark.graphs import Budget, Graph, NodeMessage, RunStatus, Task, TaskType  
 from spark.nodes import Edge, Node  # noqa: E402
 from spark.nodes.channels import BaseChannel, ChannelMessage  # noqa: E402
 
+# Every test runs each build's worker loop (see conftest.node_build).
+pytestmark = pytest.mark.usefixtures("node_build")
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "distributed_pipeline.py"
 
 

@@ -67,7 +67,8 @@ class GraphRun:
         self._workers: dict[Node, asyncio.Task[None]] = {}
         self._feeder: asyncio.Task[None] | None = None
         self._senders: set[asyncio.Task[None]] = set()
-        self._outputs: list[tuple[str, Any]] = []
+        self._outputs: list[Any] = []
+        self._outputs_by_node: dict[str, list[Any]] = {}
         self._received: dict[str, int] = {}
         self._observers: list[tuple[BaseChannel, ObserverCallable]] = []
         self._bound: list[Node] = []
@@ -137,9 +138,15 @@ class GraphRun:
         if edge.channel is not None:
             return edge.channel
         if self._channel_factory is None:
-            return ForwardingChannel(
-                edge.target.mailbox, name=f"edge:{edge.id}", metadata_defaults=edge.metadata
+            mailbox = edge.target.mailbox
+            # The forwarder is of the mailbox's build, so that it can hand
+            # messages over without leaving that build.
+            forwarding = (
+                _channels_py.ForwardingChannel
+                if type(mailbox) is _channels_py.InMemoryChannel
+                else ForwardingChannel
             )
+            return forwarding(mailbox, name=f"edge:{edge.id}", metadata_defaults=edge.metadata)
         channel = self._channel_factory(edge)
         if not isinstance(channel, BaseChannel):
             raise TypeError(
@@ -150,9 +157,11 @@ class GraphRun:
 
     def _output_sink(self, node_id: str) -> Callable[[Any], None]:
         outputs = self._outputs
+        own = self._outputs_by_node.setdefault(node_id, [])
 
         def record(payload: Any) -> None:
-            outputs.append((node_id, payload))
+            outputs.append(payload)
+            own.append(payload)
 
         return record
 
@@ -175,7 +184,16 @@ class GraphRun:
 
     async def _feed(self, messages: list[ChannelMessage[Any]]) -> None:
         mailbox = self._start.mailbox
+        # What fits into a pure in-memory mailbox without observers goes in
+        # without an await (its send would not wait either); the rest waits.
+        quick: Any = mailbox if type(mailbox) is _channels_py.InMemoryChannel else None
         for message in messages:
+            if quick is not None and not quick._observers:
+                try:
+                    quick.send_nowait(message)
+                    continue
+                except asyncio.QueueFull:
+                    pass
             await mailbox.send(message)
 
     # -- watching --------------------------------------------------------
@@ -355,11 +373,10 @@ class GraphRun:
         outputs_by_node: dict[str, list[Any]] = {
             node.id: [] for node in self._nodes if not node.edges
         }
-        for node_id, payload in self._outputs:
-            outputs_by_node.setdefault(node_id, []).append(payload)
+        outputs_by_node.update(self._outputs_by_node)
         return RunResult(
             status=outcome.status,
-            outputs=[payload for _, payload in self._outputs],
+            outputs=self._outputs,
             outputs_by_node=outputs_by_node,
             processed=processed,
             failed=failed,

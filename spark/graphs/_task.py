@@ -121,7 +121,7 @@ class Task:
             )
         accepted = _input_types()
         for item in inputs:
-            if not isinstance(item, accepted):
+            if type(item) not in accepted and not isinstance(item, accepted):
                 raise TypeError(
                     f"each input must be a NodeMessage or a ChannelMessage, got "
                     f"{type(item).__name__}; wrap values: NodeMessage(content=value)"

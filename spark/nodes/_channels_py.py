@@ -190,12 +190,13 @@ class InMemoryChannel(BaseChannel):
         """
         if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
             raise not_a_message(message)
+        buffer = self._buffer
         if self._guarded:
             if self._closed:
                 raise self._closed_error()
-            if self._room_taken() >= self._maxsize:
-                raise asyncio.QueueFull
-        self._buffer.append(message)
+            if len(buffer) - self._receivers_woken + self._senders_woken >= self._maxsize:
+                raise asyncio.QueueFull  # no room (``_room_taken()``, inline on this path)
+        buffer.append(message)
         self._unseen += 1
         if self._receivers:
             self._wake_receivers()
@@ -261,11 +262,20 @@ class InMemoryChannel(BaseChannel):
 
         Raises ``ChannelClosed`` instead once the channel is closed and drained.
         """
-        if len(self._buffer) <= self._receivers_woken:
-            if self._closed:
-                raise self._closed_error()
+        buffer = self._buffer
+        if buffer and not self._receivers_woken:  # the common case, as in receive()
+            if self._unseen:
+                self._sent += self._unseen
+                self._unseen = 0
+                if len(buffer) > self._peak_size:
+                    self._peak_size = len(buffer)
+            message = buffer.popleft()
+        elif len(buffer) > self._receivers_woken:
+            message = self._take_queued()
+        elif self._closed:
+            raise self._closed_error()
+        else:
             raise asyncio.QueueEmpty
-        message = self._take_queued()
         if self._senders:
             self._wake_senders()
         if self._observers:

@@ -14,8 +14,10 @@ from types import CoroutineType
 from typing import Any, TypeVar
 from uuid import uuid4
 
+from . import _channels_py
 from ._edge import Edge
 from ._shutdown import ShutdownCounter, is_stop_request, stop_request
+from ._worker import Route, compiled_loop, new_state, routes
 from .channels import BaseChannel, ChannelClosed, ChannelMessage, InMemoryChannel
 from .config import NodeConfig
 
@@ -30,6 +32,7 @@ _CONFIG_FIELDS = tuple(field.name for field in fields(NodeConfig))
 # processes never repeat each other's ids) rather than a system call each.
 _trace_random = random.Random(os.urandom(32))
 _trace_bits = _trace_random.getrandbits
+_monotonic = time.monotonic
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _trace_random.seed(os.urandom(32)))
 
@@ -44,7 +47,18 @@ def _is_awaitable(value: object) -> bool:
     return kind not in _PLAIN_RESULTS and inspect.isawaitable(value)
 
 
+def _trace_id(parent: ChannelMessage[Any] | None) -> str:
+    """``parent``'s trace id, or a new one: 128 random bits as 32 hex digits (like uuid4().hex)."""
+    metadata = None if parent is None else parent.metadata
+    trace_id = metadata.get("trace_id") if metadata else None
+    if trace_id is None:
+        return _trace_bits(128).to_bytes(16, "big").hex()
+    return trace_id  # type: ignore[no-any-return]
+
+
 N = TypeVar("N", bound="Node")
+
+_PyInMemory = _channels_py.InMemoryChannel
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,13 +116,9 @@ class Node:
             )
         self.mailbox: BaseChannel = mailbox
         """Where this node receives its messages."""
-        self._stop_flag = False
+        self._state = new_state(mailbox)
         self._edges: list[Edge] = []
         self._incoming: list[Edge] = []
-        self._binding: RunBinding | None = None
-        self._receiving = False
-        self._processed = 0
-        self._failed = 0
 
     # -- identity --------------------------------------------------------
 
@@ -125,12 +135,35 @@ class Node:
     @property
     def processed(self) -> int:
         """Messages the default ``go()`` has processed successfully, over the node's life."""
-        return self._processed
+        return int(self._state.processed)
 
     @property
     def failed(self) -> int:
         """Messages whose processing failed in the default ``go()``, over the node's life."""
-        return self._failed
+        return int(self._state.failed)
+
+    @property
+    def _stop_flag(self) -> bool:
+        """Whether the worker was asked to stop; a hand-written ``go()`` checks it."""
+        return bool(self._state.stop_requested)
+
+    @_stop_flag.setter
+    def _stop_flag(self, value: bool) -> None:
+        self._state.stop_requested = bool(value)
+
+    @property
+    def _binding(self) -> RunBinding | None:
+        """The run this node is part of, if any."""
+        return self._state.binding
+
+    @_binding.setter
+    def _binding(self, binding: RunBinding | None) -> None:
+        self._state.binding = binding
+
+    @property
+    def _receiving(self) -> bool:
+        """Whether the default ``go()`` is waiting on the mailbox."""
+        return bool(self._state.receiving)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._name!r} id={self._id!r}>"
@@ -208,32 +241,74 @@ class Node:
         telling the successors.
         """
         shutdowns = ShutdownCounter(self._predecessor_ids())
+        custom_emit = type(self).emit is not Node.emit
+        compiled = compiled_loop(self)
+        if compiled is not None:  # the same steps, in C
+            await compiled(self, self._state, self.mailbox, shutdowns, custom_emit)
+            return
+        state = self._state
         mailbox = self.mailbox
-        while not self._stop_flag:
-            self._receiving = True
-            try:
-                message = await mailbox.receive()
-            except ChannelClosed:
-                if not self._stop_flag:
-                    await self._send_shutdown(None)
-                return
-            finally:
-                self._receiving = False
+        # A queued message is taken without an await from a pure in-memory
+        # mailbox without observers (whose receive would not wait either).
+        takes_nowait = type(mailbox) is _PyInMemory
+        edges = self._edges
+        source = self._id
+        binding: RunBinding | None = None
+        outgoing: list[Route] = []
+        while not state.stop_requested:
+            message = None
+            if takes_nowait and not mailbox._observers:
+                try:
+                    message = mailbox.receive_nowait()
+                except (asyncio.QueueEmpty, ChannelClosed):
+                    pass  # the receive below waits, or raises ChannelClosed
+            if message is None:
+                state.receiving = True
+                try:
+                    message = await mailbox.receive()
+                except ChannelClosed:
+                    if not state.stop_requested:
+                        await self._send_shutdown(None)
+                    return
+                finally:
+                    state.receiving = False
             if message.is_shutdown:
-                # A shutdown is handled once it is counted (and passed on):
-                # acknowledge it, so a durable mailbox does not deliver it again.
-                if self._stop_flag:
-                    await self._acknowledge(message)
+                if await self._on_shutdown(message, shutdowns):
                     return
-                if is_stop_request(message):
-                    continue  # left over from an earlier stop(); this run was not stopped
-                if shutdowns.add(message):
-                    await self._send_shutdown(message)
-                    await self._acknowledge(message)
-                    return
-                await self._acknowledge(message)
                 continue
-            await self._handle(message)
+            try:
+                result = self.process(message.payload)
+                if type(result) not in _PLAIN_RESULTS and _is_awaitable(result):
+                    result = await result
+                if result is not None:
+                    if custom_emit:
+                        await self.emit(result, parent=message)
+                    else:  # emit(), with the routes of the run looked up once
+                        if state.binding is not binding:  # a run began or ended
+                            binding = state.binding
+                            outgoing = [] if binding is None else routes(binding.outgoing)
+                        if binding is not None and len(outgoing) == len(edges):
+                            here = outgoing
+                        else:
+                            here = routes(self._outgoing_channels())
+                        if not here:
+                            self._output(result)
+                        else:
+                            trace_id = _trace_id(message)
+                            timestamp = _monotonic()
+                            sent = 0
+                            for route in here:  # _send_along(), until a send must wait
+                                if not route.deliver_now(result, source, trace_id, timestamp):
+                                    await self._send_along(here[sent:], result, trace_id, timestamp)
+                                    break
+                                sent += 1
+            except Exception as error:
+                state.failed += 1
+                await self._report_failure(message, error)
+                continue
+            state.processed += 1
+            if message.ack is not None:
+                await self._acknowledge(message)
 
     def stop(self) -> None:
         """Ask the worker to return once the message in hand is done.
@@ -242,7 +317,7 @@ class Node:
         shutdown message to its first node or call ``Graph.stop()``. A worker
         waiting on an empty mailbox is woken by a stop request put there.
         """
-        self._stop_flag = True
+        self._state.stop_requested = True
         try:
             self.mailbox.send_nowait(stop_request(self._id))
         except (asyncio.QueueFull, ChannelClosed, NotImplementedError):
@@ -255,35 +330,45 @@ class Node:
         a new one) and ``timestamp`` (``time.monotonic()``). In a graph run,
         what a sink node emits becomes an output of the run.
         """
-        channels = self._outgoing_channels()
-        if not channels:
-            binding = self._binding
-            if binding is not None and binding.on_output is not None:
-                binding.on_output(payload)
-            return
-        metadata = self._tracing_metadata(parent)
-        last = len(channels) - 1
-        for i, channel in enumerate(channels):
-            # Each message gets its own dict; the last one can take the original.
-            own = metadata if i == last else dict(metadata)
-            await channel.send(ChannelMessage(payload=payload, metadata=own))
+        outgoing = routes(self._outgoing_channels())
+        if not outgoing:
+            self._output(payload)
+        else:
+            await self._send_along(outgoing, payload, _trace_id(parent), _monotonic())
 
     # -- internals -------------------------------------------------------
 
-    async def _handle(self, message: ChannelMessage[Any]) -> None:
-        try:
-            result = self.process(message.payload)
-            if _is_awaitable(result):
-                result = await result
-            if result is not None:
-                await self.emit(result, parent=message)
-        except Exception as error:
-            self._failed += 1
-            await self._report_failure(message, error)
-            return
-        self._processed += 1
-        if message.ack is not None:
+    async def _on_shutdown(self, message: ChannelMessage[Any], shutdowns: ShutdownCounter) -> bool:
+        """Handle a shutdown message taken from the mailbox; whether the loop must end."""
+        # A shutdown is handled once it is counted (and passed on): acknowledge
+        # it, so a durable mailbox does not deliver it again.
+        if self._state.stop_requested:
             await self._acknowledge(message)
+            return True
+        if is_stop_request(message):
+            return False  # left over from an earlier stop(); this run was not stopped
+        if shutdowns.add(message):
+            await self._send_shutdown(message)
+            await self._acknowledge(message)
+            return True
+        await self._acknowledge(message)
+        return False
+
+    def _output(self, payload: Any) -> None:
+        """What a sink emits: an output of the run it is part of, if any."""
+        binding = self._state.binding
+        if binding is not None and binding.on_output is not None:
+            binding.on_output(payload)
+
+    async def _send_along(
+        self, outgoing: Sequence[Route], payload: Any, trace_id: str, timestamp: float
+    ) -> None:
+        """Send ``payload`` along each route in order, with this node's tracing keys."""
+        source = self._id
+        for route in outgoing:
+            if not route.deliver_now(payload, source, trace_id, timestamp):
+                metadata = {"source_node": source, "trace_id": trace_id, "timestamp": timestamp}
+                await route.channel.send(ChannelMessage(payload=payload, metadata=metadata))
 
     async def _acknowledge(self, message: ChannelMessage[Any]) -> None:
         if message.ack is not None:
@@ -329,17 +414,10 @@ class Node:
                 logger.debug("node %r: %r is closed; shutdown not sent", self._name, channel.name)
 
     def _tracing_metadata(self, parent: ChannelMessage[Any] | None) -> dict[str, Any]:
-        trace_id = (
-            parent.metadata.get("trace_id") if parent is not None and parent.metadata else None
-        )
-        return {
-            "source_node": self._id,
-            "trace_id": f"{_trace_bits(128):032x}" if trace_id is None else trace_id,
-            "timestamp": time.monotonic(),
-        }
+        return {"source_node": self._id, "trace_id": _trace_id(parent), "timestamp": _monotonic()}
 
     def _outgoing_channels(self) -> Sequence[BaseChannel]:
-        binding = self._binding
+        binding = self._state.binding
         if binding is not None and len(binding.outgoing) == len(self._edges):
             return binding.outgoing  # no edge was added since the run began
         routes = binding.channels if binding is not None else {}
@@ -352,7 +430,7 @@ class Node:
         return channels
 
     def _predecessor_ids(self) -> frozenset[str]:
-        binding = self._binding
+        binding = self._state.binding
         if binding is not None:
             return binding.predecessors
         return frozenset(edge.source.id for edge in self._incoming)
