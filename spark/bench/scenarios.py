@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from spark.nodes import _channels_py
+from spark.nodes import Node, _channels_py, channels
 
 __all__ = [
     "CONTENDERS",
@@ -434,6 +434,97 @@ async def _queue_stages(contender: Contender, messages: Sequence[Any], stages: i
         raise AssertionError(f"the last stage got {counts[-1]} of {len(messages)} messages")
 
 
+# graph-user: what each of the three stages does to a payload (nothing, so
+# that the figure is the framework's cost). The Node subclasses do it in
+# process(), the hand-written stages call these functions: one call each.
+
+
+def parse(payload: Any) -> Any:
+    return payload
+
+
+def enrich(payload: Any) -> Any:
+    return payload
+
+
+def store(payload: Any) -> Any:
+    return payload
+
+
+class Parse(Node):
+    def process(self, payload: Any) -> Any:
+        return payload
+
+
+class Enrich(Node):
+    def process(self, payload: Any) -> Any:
+        return payload
+
+
+class Store(Node):
+    def process(self, payload: Any) -> Any:
+        return payload
+
+
+async def graph_user(contender: Contender, messages: Sequence[Any]) -> None:
+    """Three Node subclasses, ``a >> b >> c``, default edges, ``mailbox_maxsize=100``.
+
+    Run long-running to the shutdown that ends the inputs. Other contenders
+    run the same three stage functions as hand-written tasks between three
+    queues of maxsize 100.
+    """
+    if not contender.is_channel:
+        await _hand_written_stages(contender, messages)
+        return
+    from spark.graphs import Graph, Task, TaskType
+
+    module = contender.module
+    if module.InMemoryChannel is channels.InMemoryChannel:  # the build users get by default
+        nodes = [kind(mailbox_maxsize=100) for kind in (Parse, Enrich, Store)]
+    else:
+        nodes = [
+            kind(mailbox=module.InMemoryChannel(maxsize=100)) for kind in (Parse, Enrich, Store)
+        ]
+    nodes[0] >> nodes[1] >> nodes[2]
+    inputs = [*messages, module.ChannelMessage(None, is_shutdown=True)]
+    result = await Graph(start=nodes[0]).run(Task(inputs=inputs, type=TaskType.LONG_RUNNING))
+    outputs = result.outputs
+    if result.status != "completed" or len(outputs) != len(messages):
+        raise AssertionError(f"graph ended {result.status} with {len(outputs)} outputs")
+    if outputs[-1] is not messages[-1].payload:
+        raise _lost(outputs[-1], messages[-1].payload)
+
+
+async def _hand_written_stages(contender: Contender, messages: Sequence[Any]) -> None:
+    """The three stage functions as tasks between three channels of maxsize 100."""
+    inbox, middle, last = (contender.make(100) for _ in range(3))
+    end = object()
+    outputs: list[Any] = []
+
+    async def stage(function: Any, receive: Any, send: Any) -> None:
+        while (item := await receive()) is not end:
+            await send(function(item))
+        await send(end)
+
+    async def sink(function: Any, receive: Any) -> None:
+        append = outputs.append
+        while (item := await receive()) is not end:
+            append(function(item))
+
+    workers = [
+        asyncio.ensure_future(stage(parse, inbox.receive, middle.send)),
+        asyncio.ensure_future(stage(enrich, middle.receive, last.send)),
+        asyncio.ensure_future(sink(store, last.receive)),
+    ]
+    send = inbox.send
+    for message in messages:
+        await send(message.payload)
+    await send(end)
+    await asyncio.gather(*workers)
+    if len(outputs) != len(messages) or outputs[-1] is not messages[-1].payload:
+        raise AssertionError(f"the sink got {len(outputs)} of {len(messages)} payloads")
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
@@ -507,6 +598,12 @@ SCENARIOS: dict[str, Scenario] = {
             channels_only=True,
         ),
         Scenario("bridge", bridge, "QueueBridge put_nowait x N, then await get() x N"),
+        Scenario(
+            "graph-user",
+            graph_user,
+            "3 Node subclasses, sync process, a >> b >> c, default edges, mailbox_maxsize=100 "
+            "(others: the same 3 stages written by hand)",
+        ),
         Scenario(
             "graph-3",
             graph_3,
