@@ -71,6 +71,7 @@ cdef object _Future = asyncio.Future
 cdef object _future_set_result = asyncio.Future.set_result
 cdef object _inspect_isawaitable = inspect.isawaitable
 cdef object _CoroutineType = types.CoroutineType
+cdef object _GeneratorType = types.GeneratorType
 
 
 cdef inline bint _isawaitable(object value) except -1:
@@ -307,8 +308,16 @@ cdef class _Op:
     cdef ForwardingChannel forwarder   # set for a send through a forwarder
     cdef object message                # to send
     cdef object future                 # waited on while blocked
-    cdef object delegate               # finishes async observers
+    cdef object delegate               # what is awaited: an observer's awaitable, or the rest
     cdef object _delegate_yield        # what the delegate yielded last
+    # While an observer's awaitable is the delegate (``observers`` is set):
+    # the observers of the notification, the one awaited and the index of the
+    # next, the message they are told about, and the op's result once done.
+    cdef tuple observers
+    cdef object observer
+    cdef Py_ssize_t next_observer
+    cdef object notified
+    cdef object result
     cdef Py_ssize_t max_items
     cdef int kind
     cdef int state
@@ -343,6 +352,8 @@ cdef class _Op:
         if tb is not None:
             val = val.with_traceback(tb)
         if self.state == ST_DELEGATING:
+            if self.observers is not None:
+                return self._throw_into_observer(val)
             try:
                 yielded = self.delegate.throw(val)
             except BaseException:
@@ -358,7 +369,9 @@ cdef class _Op:
     def close(self):
         """Abandon the operation; a blocked one leaves the channel as if never started."""
         if self.state == ST_DELEGATING:
-            self.delegate.close()
+            close = getattr(self.delegate, "close", None)
+            if close is not None:
+                close()
         elif self.state == ST_WAITING:
             self._abandon()
         self._release()
@@ -379,16 +392,80 @@ cdef class _Op:
     cdef object _step_delegate(self, object value):
         cdef PyObject* answer = NULL
         cdef PySendResult status = PyIter_Send(<PyObject*>self.delegate, <PyObject*>value, &answer)
-        if status == PYGEN_ERROR:
+        if status == PYGEN_NEXT:
+            yielded = <object>answer  # a new reference...
+            Py_DECREF(yielded)  # ...replacing the one PyIter_Send gave us
+            self._delegate_yield = yielded
+            return _SUSPEND
+        if self.observers is None:  # the delegate is the rest of the operation
+            if status == PYGEN_ERROR:
+                self._release()
+                raise_current()
+            returned = <object>answer
+            Py_DECREF(returned)
             self._release()
-            raise_current()
-        yielded = <object>answer  # a new reference...
-        Py_DECREF(yielded)  # ...replacing the one PyIter_Send gave us
+            return returned
         if status == PYGEN_RETURN:
+            Py_DECREF(<object>answer)  # what an observer's awaitable returns is ignored
+        else:
+            self._observer_raised()
+        return self._notify_rest()
+
+    cdef int _observer_raised(self) except -1:
+        """The awaited observer raised (it is the current exception): log an Exception, else propagate."""
+        try:
+            raise_current()
+        except Exception:
+            report_observer_error(self.channel, _SEND if self.kind == OP_SEND else _RECEIVE, self.observer)
+        except BaseException:
             self._release()
+            raise
+        return 0
+
+    cdef object _notify_rest(self):
+        """Call the observers after the one just awaited; await the next awaitable, or finish."""
+        phase = _SEND if self.kind == OP_SEND else _RECEIVE
+        hit = _call_observers(self.observers, self.next_observer, self.channel, self.notified, phase)
+        if hit is None:
+            result = self.result
+            self._release()
+            return result
+        return self._await_observer(hit)
+
+    cdef object _await_observer(self, tuple hit):
+        """Await the awaitable an observer returned, as the op's own next step."""
+        awaitable, observer, following = hit
+        self.observer = observer
+        self.next_observer = following
+        try:
+            self.delegate = _awaiting(awaitable)
+        except Exception:  # not really awaitable: the await would have raised
+            report_observer_error(self.channel, _SEND if self.kind == OP_SEND else _RECEIVE, observer)
+            return self._notify_rest()
+        self.state = ST_DELEGATING
+        return self._step_delegate(None)
+
+    cdef object _throw_into_observer(self, object error):
+        """Throw ``error`` (a cancellation, say) into the awaited observer; what ``throw`` returns."""
+        throw = getattr(self.delegate, "throw", None)
+        try:
+            if throw is None:
+                raise error
+            yielded = throw(error)
+        except StopIteration:
+            pass  # the observer returned
+        except Exception:
+            report_observer_error(self.channel, _SEND if self.kind == OP_SEND else _RECEIVE, self.observer)
+        except BaseException:
+            self._release()
+            raise
+        else:
+            self._delegate_yield = yielded
             return yielded
-        self._delegate_yield = yielded
-        return _SUSPEND
+        result = self._notify_rest()
+        if result is _SUSPEND:
+            return self._delegate_yield
+        raise StopIteration(result)
 
     cdef object _start_send(self):
         cdef InMemoryChannel channel = self.channel
@@ -521,12 +598,15 @@ cdef class _Op:
         return result
 
     cdef object _await_observers(self, tuple observers, tuple hit, object message, object result):
-        """Finish ``_observe_one`` after one of ``observers`` returned an awaitable."""
-        cdef InMemoryChannel channel = self.channel
-        phase = _SEND if self.kind == OP_SEND else _RECEIVE
-        awaitable, observer, following = hit
-        plan = [(observers, following, channel, message)]
-        return self._delegate_to(_finish_notify(awaitable, observer, channel, phase, plan, result))
+        """Finish ``_observe_one`` after one of ``observers`` returned an awaitable.
+
+        The op itself awaits it, then calls the observers after it, in order,
+        awaiting each awaitable they return: no coroutine is built for that.
+        """
+        self.observers = observers
+        self.notified = message
+        self.result = result
+        return self._await_observer(hit)
 
     cdef object _observe_slowly(self, object result):
         """A forwarder's observers too, or a batch of messages."""
@@ -558,6 +638,11 @@ cdef class _Op:
         self.future = None
         self.delegate = None
         self._delegate_yield = None
+        if self.observers is not None:
+            self.observers = None
+            self.observer = None
+            self.notified = None
+            self.result = None
 
 
 cdef int _op_step(PyObject* raw, PyObject* arg, PyObject** result) except -1:
@@ -565,40 +650,62 @@ cdef int _op_step(PyObject* raw, PyObject* arg, PyObject** result) except -1:
     cdef InMemoryChannel channel
     cdef _Ring buffer
     cdef int kind = op.kind
+    cdef object value
     if op.state == ST_INIT and (kind == OP_RECEIVE or kind == OP_ANEXT):
-        # The common case in a few steps: a queued message, nothing to notify.
+        # The common case in a few steps: a queued message and no blocked sender.
         channel = op.channel
         buffer = channel._buffer
-        if buffer.count > channel._receivers_woken and not channel._observers and not channel._senders.count:
+        if buffer.count > channel._receivers_woken and not channel._senders.count:
             channel._note_size()
-            result[0] = buffer.take()
-            op.state = ST_DONE
-            op.channel = None
-            return 0
-    elif op.state == ST_INIT and kind == OP_SEND and op.forwarder is None:
+            if not channel._observers:
+                result[0] = buffer.take()
+                op.state = ST_DONE
+                op.channel = None
+                return 0
+            op.state = ST_RUNNING
+            value = op._observe_one(buffer.pop())
+            return _op_answer(op, value, result)
+    elif op.state == ST_INIT and kind == OP_SEND:
+        if op.forwarder is not None and not op.forwarder._observers:
+            # A forwarder without observers adds nothing after its enrichment:
+            # from here on this is a plain send of the enriched message.
+            try:
+                op.message = op.forwarder._enrich(op.message)
+            except BaseException:
+                op._release()
+                raise
+            op.forwarder = None
         channel = op.channel
-        if (
-            not channel._observers
-            and not channel._closed
+        if op.forwarder is None and (
+            not channel._closed
             and _is_message(op.message)
             and (not channel._maxsize or channel._room_taken() < channel._maxsize)
         ):
             channel._enqueue(op.message)
-            op.state = ST_DONE
-            op.channel = None
-            op.message = None
-            Py_INCREF(None)
-            result[0] = <PyObject*>None
-            return 0
-    value = op._resume(<object>arg)
+            if not channel._observers:
+                op.state = ST_DONE
+                op.channel = None
+                op.message = None
+                Py_INCREF(None)
+                result[0] = <PyObject*>None
+                return 0
+            op.state = ST_RUNNING
+            value = op._observe_one(None)
+            return _op_answer(op, value, result)
+    return _op_answer(op, op._resume(<object>arg), result)
+
+
+cdef inline int _op_answer(_Op op, object value, PyObject** result):
+    """Hand ``value`` (the op's result, or _SUSPEND) to the caller of a step: 0 done, 1 suspended."""
     if value is _SUSPEND:
-        yielded = op.future if op.delegate is None else op._delegate_yield
-        Py_INCREF(yielded)
-        result[0] = <PyObject*>yielded
+        value = op.future if op.delegate is None else op._delegate_yield
+        Py_INCREF(value)
+        result[0] = <PyObject*>value
         return 1
     Py_INCREF(value)
     result[0] = <PyObject*>value
     return 0
+
 
 if spark_install_am_send(<PyTypeObject*>_Op, _op_step) != 0:
     raise ImportError("spark.nodes._channels_c: _Op has no async slots")
@@ -694,6 +801,13 @@ cdef object _notify_all(list targets, list messages, str phase, object result):
                     plan += [(obs, 0, chan, later) for obs, chan in targets]
                 return _finish_notify(awaitable, observer, channel, phase, plan, result)
     return None
+
+
+cdef object _awaiting(object awaitable):
+    """What ``await awaitable`` drives: a coroutine itself, else what ``__await__`` returns."""
+    if type(awaitable) is _CoroutineType or type(awaitable) is _GeneratorType:
+        return awaitable
+    return awaitable.__await__()
 
 
 async def _finish_notify(awaitable, observer, channel, str phase, list plan, result):

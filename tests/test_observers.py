@@ -262,3 +262,108 @@ async def test_failed_send_nowait_reports_nothing(impl):
     with pytest.raises(ChannelClosed):
         channel.send_nowait(impl.ChannelMessage(3))
     assert len(log) == 1
+
+
+class Later:
+    """An awaitable that is not a coroutine: it waits for one turn of the loop."""
+
+    def __init__(self, log, tag):
+        self.log, self.tag = log, tag
+
+    def __await__(self):
+        yield from asyncio.sleep(0).__await__()
+        self.log.append(self.tag)
+
+
+async def test_every_kind_of_awaitable_an_observer_returns_is_awaited_in_order(impl):
+    log = []
+    loop = asyncio.get_running_loop()
+
+    async def coroutine(message, channel, phase):
+        await asyncio.sleep(0)
+        log.append(("coroutine", phase))
+
+    def future(message, channel, phase):
+        done = loop.create_future()
+        loop.call_soon(done.set_result, None)
+        done.add_done_callback(lambda _: log.append(("future", phase)))
+        return done
+
+    def custom(message, channel, phase):
+        return Later(log, ("custom", phase))
+
+    channel = impl.InMemoryChannel(observers=[coroutine, future, custom, recorder(log, "sync")])
+    await channel.send(impl.ChannelMessage(1))
+    assert log == [
+        ("coroutine", "send"),
+        ("future", "send"),
+        ("custom", "send"),
+        ("sync", "send", 1, channel.name),
+    ]
+    del log[:]
+    assert (await channel.receive()).payload == 1
+    assert [entry[:2] for entry in log] == [
+        ("coroutine", "receive"),
+        ("future", "receive"),
+        ("custom", "receive"),
+        ("sync", "receive"),
+    ]
+
+
+async def test_a_broken_awaitable_from_an_observer_is_logged_and_the_rest_run(impl, caplog):
+    log = []
+
+    class Broken:
+        def __await__(self):
+            raise TypeError("not really awaitable")
+
+    async def fails_later(message, channel, phase):
+        await asyncio.sleep(0)
+        raise ValueError("after a suspension")
+
+    channel = impl.InMemoryChannel(
+        name="broken",
+        observers=[lambda m, c, p: Broken(), fails_later, recorder(log, "after")],
+    )
+    with caplog.at_level(logging.ERROR, logger="spark.channels"):
+        await channel.send(impl.ChannelMessage(1))
+    errors = [r.exc_info[1] for r in caplog.records if r.name == "spark.channels"]
+    assert [type(error) for error in errors] == [TypeError, ValueError]
+    assert log == [("after", "send", 1, "broken")]
+
+
+async def test_cancelling_a_send_while_an_async_observer_waits(impl):
+    log = []
+    gate = asyncio.Event()
+
+    async def waits(message, channel, phase):
+        log.append("waiting")
+        await gate.wait()
+        log.append("never")
+
+    channel = impl.InMemoryChannel(observers=[waits, recorder(log, "after")])
+    sender = asyncio.ensure_future(channel.send(impl.ChannelMessage(1)))
+    await asyncio.sleep(0)
+    sender.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sender
+    assert log == ["waiting"]  # later observers were not told
+    assert channel.qsize() == 1  # the message was enqueued before the observers ran
+
+
+async def test_an_observer_that_absorbs_a_cancellation_lets_the_rest_run(impl):
+    log = []
+    gate = asyncio.Event()
+
+    async def absorbs(message, channel, phase):
+        try:
+            await gate.wait()
+        except asyncio.CancelledError:
+            log.append("absorbed")
+
+    channel = impl.InMemoryChannel(observers=[absorbs, recorder(log, "after")])
+    sender = asyncio.ensure_future(channel.send(impl.ChannelMessage(1)))
+    await asyncio.sleep(0)
+    sender.cancel()
+    await sender  # the observer ate the cancellation: send finishes normally
+    assert log == ["absorbed", ("after", "send", 1, channel.name)]
