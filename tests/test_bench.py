@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 
 import pytest
@@ -53,6 +54,27 @@ def test_fills_the_readme_block(tmp_path):
     assert "old numbers" not in text and text.endswith(f"{README_END}\ntail\n")
     assert "| batch | asyncio.Queue |" in text
     assert "python -m spark.bench --scenarios batch" in text
+
+
+def test_side_by_side_reports_saved_runs_without_measuring(tmp_path, capsys):
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    main(["--scenarios", "batch,observer-1", "--json", str(first), *SMALL])
+    main(["--scenarios", "batch", "--json", str(second), *SMALL])
+    document = json.loads(second.read_text())
+    document["machine"] = re.sub(r"CPython [\d.]+", "CPython 9.9.0", document["machine"])
+    second.write_text(json.dumps(document))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{README_START}\nold\n{README_END}\n")
+    capsys.readouterr()
+    main(["--side-by-side", str(first), str(second), "--update-readme", str(readme)])
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "python (asyncio)" in header and "| 9.9 cython (asyncio) |" in header
+    text = readme.read_text()
+    assert "old" not in text and "--side-by-side" in text
+    batch = next(line for line in text.splitlines() if line.startswith("| batch |"))
+    assert batch.count("|") == 2 + 2 * 2 + 1  # scenario, baseline, 2 runs x 2 builds
+    observer = next(line for line in text.splitlines() if line.startswith("| observer-1 |"))
+    assert " ns)" in observer
 
 
 def test_refuses_unknown_scenarios_and_loops(capsys):

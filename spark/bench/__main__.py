@@ -8,6 +8,7 @@ measured in the same run (lower is better).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
@@ -15,9 +16,11 @@ from ._runner import (
     LOOP_NAMES,
     available_loops,
     format_markdown,
+    format_side_by_side,
     format_table,
     header,
     plot,
+    read_json,
     write_json,
 )
 from ._runner import run as run_benchmarks
@@ -63,6 +66,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--plot", metavar="FILE.png", help="draw the ratios (needs matplotlib)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown ratio table too")
     parser.add_argument(
+        "--side-by-side",
+        nargs="+",
+        metavar="RESULTS.json",
+        help="measure nothing: report runs saved with --json (say, one per CPython) side by side",
+    )
+    parser.add_argument(
         "--update-readme",
         metavar="FILE",
         help=f"replace the block between {README_START} and {README_END} in FILE with the results",
@@ -103,8 +112,32 @@ def update_readme(path: str, section: str) -> None:
         readme.write(text)
 
 
+def side_by_side(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    """Report saved runs next to each other, labelled by their CPython version."""
+    runs, machines = [], []
+    for path in args.side_by_side:
+        about, rows = read_json(path)
+        found = re.search(r"CPython (\d+\.\d+)", about)
+        runs.append((found.group(1) if found else path, rows))
+        machines.append(about)
+    table = format_side_by_side(runs)
+    print(table)
+    if args.update_readme:
+        command = " ".join(["python -m spark.bench", *(argv if argv is not None else sys.argv[1:])])
+        section = "\n".join(
+            [f"Put together with `{command}` from runs on:", ""]
+            + [f"- {about}" for about in machines]
+            + ["", table]
+        )
+        update_readme(args.update_readme, section)
+        print(f"results written into {args.update_readme}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.side_by_side:
+        return side_by_side(args, argv)
     loops = available_loops(args.loops)
     if not loops:
         print("no event loop to run on", file=sys.stderr)

@@ -258,6 +258,49 @@ def format_markdown(rows: Sequence[Result], loops: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def format_side_by_side(
+    runs: Sequence[tuple[str, Sequence[Result]]],
+    contenders: Sequence[str] = ("cython", "python"),
+) -> str:
+    """A Markdown table of several saved runs (say, two CPythons) next to each other.
+
+    ``runs`` pairs a label with its results; columns are label, contender
+    and loop, for the given contenders; rows are scenarios.
+    """
+    columns = []
+    for label, rows in runs:
+        loops = list(dict.fromkeys(r.loop for r in rows))
+        present = [c for c in contenders if any(r.contender == c for r in rows)]
+        columns += [(label, contender, loop) for contender in present for loop in loops]
+    lookup = {(label, r.scenario, r.contender, r.loop): r for label, rows in runs for r in rows}
+    scenarios = list(dict.fromkeys(r.scenario for _, rows in runs for r in rows))
+    lines = [
+        "| scenario | baseline | "
+        + " | ".join(f"{label} {c} ({loop})" for label, c, loop in columns)
+        + " |",
+        "| --- | --- |" + " --- |" * len(columns),
+    ]
+    for name in scenarios:
+        cells = []
+        for label, contender, loop in columns:
+            row = lookup.get((label, name, contender, loop))
+            if row is None:
+                cells.append("")
+            elif row.baseline in BASELINE_RUNS:
+                cells.append(f"{row.ratio:.2f} ({row.added_ns_per_message:+,.0f} ns)")
+            else:
+                cells.append(f"{row.ratio:.2f}")
+        lines.append(f"| {name} | {SCENARIOS[name].baseline} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def read_json(path: str) -> tuple[str, list[Result]]:
+    """What ``write_json`` wrote: the machine line and the results."""
+    with open(path, encoding="utf-8") as source:
+        document = json.load(source)
+    return document["machine"], [Result(**row) for row in document["results"]]
+
+
 def write_json(path: str, rows: Sequence[Result], cells: Sequence[Cell], about: str) -> None:
     document = {
         "machine": about,
