@@ -15,10 +15,12 @@ Besides the contenders of ``spark.bench``, ``floor`` is the cheapest
 channel a Python coroutine can make: a deque whose ``send``/``receive`` are
 minimal coroutines (``send_nowait`` is ``deque.append``). Against it, a
 scenario shows what one await per message costs the interpreter at least,
-when a Python coroutine completes it. Besides the scenarios and baselines
+when a Python coroutine completes it (it cannot block: use it with batch or
+alternating). Besides the scenarios and baselines
 (a baseline's name with ``-`` for spaces, e.g. ``plain-channel``),
-``floor-call`` calls a minimal Python function from C per message (through
-``map``): what calling an observer costs at least.
+``floor-call`` is what calling a minimal Python function from C costs (a
+``map`` over it, less the same ``map`` over a C function): what calling an
+observer costs at least.
 
 Needs valgrind; the counts are for the interpreter running this script.
 """
@@ -55,12 +57,18 @@ class Floor:
         self.send, self.receive = send, receive
 
 
-async def _floor_call(_: Any, messages: Sequence[Any]) -> None:
-    def observer(message: Any) -> None:
-        return None
+def _observer(message: Any, channel: Any, phase: Any) -> None:
+    return None
 
-    for _ in map(observer, messages):
-        pass
+
+async def _call_python(_: Any, messages: Sequence[Any]) -> None:
+    """A minimal Python function called from C (by map) per message."""
+    deque(map(_observer, messages, messages, messages), maxlen=0)
+
+
+async def _call_c(_: Any, messages: Sequence[Any]) -> None:
+    """The same with a C function: what the loop around the call costs."""
+    deque(map(max, messages, messages, messages), maxlen=0)
 
 
 def _child(scenario: str, contender: str, messages: int, loop_name: str) -> None:
@@ -80,8 +88,8 @@ def _child(scenario: str, contender: str, messages: int, loop_name: str) -> None
     else:
         chosen = next(c for c in available_contenders() if c.name == contender)
     name = scenario.replace("-", " ")
-    if scenario == "floor-call":
-        run: Any = _floor_call
+    if scenario in ("call-python", "call-c"):
+        run: Any = _call_python if scenario == "call-python" else _call_c
     else:
         run = BASELINE_RUNS[name] if name in BASELINE_RUNS else SCENARIOS[scenario].run
     prebuilt = make_messages(chosen, max(messages, 1000))
@@ -113,6 +121,13 @@ def count(scenario: str, contender: str, messages: int, loop_name: str) -> int:
         return int(found.group(1))
 
 
+def per_message(scenario: str, contender: str, messages: int, loop_name: str) -> float:
+    """Instructions one message costs: the runs with N and 2N messages, told apart."""
+    small = count(scenario, contender, messages, loop_name)
+    large = count(scenario, contender, 2 * messages, loop_name)
+    return (large - small) / messages
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scenario", help="a spark.bench scenario or baseline, or floor-call")
@@ -121,11 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=10_000, help="N (the runs use N and 2N)")
     args = parser.parse_args(argv)
     names = args.contenders or ["cython"]
+    if args.scenario == "floor-call":  # a Python call, less the loop around it
+        python = per_message("call-python", "floor", args.messages, args.loop)
+        c = per_message("call-c", "floor", args.messages, args.loop)
+        print(f"floor-call: {python - c:,.0f} instructions per call of a Python function from C")
+        return 0
     for name in names:
-        small = count(args.scenario, name, args.messages, args.loop)
-        large = count(args.scenario, name, 2 * args.messages, args.loop)
-        per_message = (large - small) / args.messages
-        print(f"{args.scenario} {name} ({args.loop}): {per_message:,.0f} instructions per message")
+        cost = per_message(args.scenario, name, args.messages, args.loop)
+        print(f"{args.scenario} {name} ({args.loop}): {cost:,.0f} instructions per message")
     return 0
 
 

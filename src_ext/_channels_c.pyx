@@ -1248,7 +1248,12 @@ cdef class ForwardingChannel(_ObservedChannel):
                 await _notify_async(self._observers, 0, self, message, "receive")
         return batch
 
-    async def __anext__(self):
+    def __anext__(self):
+        if self._fast_downstream is not None and not self._observers:
+            return _new_op(self._fast_downstream, OP_ANEXT)  # what async for on downstream does
+        return self._anext_slowly()
+
+    async def _anext_slowly(self):
         try:
             return await self.receive()
         except ChannelClosed:

@@ -172,3 +172,19 @@ async def test_forwards_into_a_custom_channel_without_send_nowait(impl):
     assert custom.items[0].metadata == {"a": 1}
     with pytest.raises(NotImplementedError, match="send_nowait"):
         forwarder.send_nowait(impl.ChannelMessage(2))
+
+
+@pytest.mark.parametrize("observed", [False, True])
+async def test_async_for_over_a_forwarder_drains_downstream_then_stops(impl, observed):
+    seen = []
+    downstream = impl.InMemoryChannel()
+    observers = [lambda message, channel, phase: seen.append((message.payload, phase))]
+    forwarder = impl.ForwardingChannel(downstream, observers=observers if observed else None)
+    for n in range(3):
+        await forwarder.send(impl.ChannelMessage(n))
+    downstream.close()
+    assert [message.payload async for message in forwarder] == [0, 1, 2]
+    if observed:
+        assert seen == [(n, "send") for n in range(3)] + [(n, "receive") for n in range(3)]
+    with pytest.raises(StopAsyncIteration):
+        await forwarder.__anext__()
