@@ -19,8 +19,8 @@ when a Python coroutine completes it (it cannot block: use it with batch or
 alternating). Besides the scenarios and baselines
 (a baseline's name with ``-`` for spaces, e.g. ``plain-channel``),
 ``floor-call`` is what calling a minimal Python function from C costs (a
-``map`` over it, less the same ``map`` over a C function): what calling an
-observer costs at least.
+``map`` over it, less the same ``map`` over a minimal C function): what
+calling an observer costs at least.
 
 Needs valgrind; the counts are for the interpreter running this script.
 """
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import operator
 import os
 import re
 import subprocess
@@ -57,18 +58,18 @@ class Floor:
         self.send, self.receive = send, receive
 
 
-def _observer(message: Any, channel: Any, phase: Any) -> None:
+def _observer(message: Any, channel: Any) -> None:
     return None
 
 
 async def _call_python(_: Any, messages: Sequence[Any]) -> None:
     """A minimal Python function called from C (by map) per message."""
-    deque(map(_observer, messages, messages, messages), maxlen=0)
+    deque(map(_observer, messages, messages), maxlen=0)
 
 
 async def _call_c(_: Any, messages: Sequence[Any]) -> None:
-    """The same with a C function: what the loop around the call costs."""
-    deque(map(max, messages, messages, messages), maxlen=0)
+    """The same with a minimal C function (operator.is_): the loop around the call."""
+    deque(map(operator.is_, messages, messages), maxlen=0)
 
 
 def _child(scenario: str, contender: str, messages: int, loop_name: str) -> None:

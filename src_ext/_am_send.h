@@ -36,8 +36,9 @@ static PySendResult spark_am_send(PyObject *op, PyObject *arg, PyObject **result
  * holds it: SEND takes the value out at once, so building a new exception
  * per result (an allocation the garbage collector tracks, plus an args
  * tuple) would be pure overhead. The reused exception's reference to the
- * value is dropped at the next step of any operation (spark_forget_result),
- * so a received message is not kept alive by the core. */
+ * value is dropped when the next operation is made or stepped, or this one
+ * freed (spark_forget_result): the core keeps at most the one result last
+ * delivered, and only until the next send or receive on any channel. */
 static PyObject *spark_stop = NULL;
 
 static inline void spark_forget_result(void)

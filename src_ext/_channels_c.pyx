@@ -729,6 +729,7 @@ cdef inline _Op _new_op(InMemoryChannel channel, int kind):
     """An op for ``channel``: its spare one when nobody else holds it, else a new one."""
     cdef PyObject* spare = <PyObject*>channel._spare_op  # borrowed: counts no reference
     cdef _Op op
+    spark_forget_result()  # the last result was delivered: stop holding it (see _am_send.h)
     if spare == <PyObject*>None or _Py_REFCNT(spare) != 1:
         op = _Op.__new__(_Op)
         channel._spare_op = op

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 
@@ -326,3 +328,30 @@ async def test_channels_accept_messages_of_either_build(impl):
     foreign = _channels_py.ChannelMessage("pure")
     await channel.send(foreign)
     assert await channel.receive() is foreign
+
+
+class Payload:
+    """A payload a weak reference can watch."""
+
+
+@pytest.mark.parametrize("take", ["receive", "anext", "receive_many"])
+async def test_the_channel_keeps_no_received_message_alive(impl, take):
+    # The compiled core on CPython 3.12+ hands a result over in a reused
+    # StopIteration; it must let go of it by the next operation at the latest.
+    channel = impl.InMemoryChannel()
+    payload = Payload()
+    watch = weakref.ref(payload)
+    channel.send_nowait(impl.ChannelMessage(payload))
+    if take == "receive":
+        received = await channel.receive()
+    elif take == "anext":
+        received = await channel.__anext__()
+    else:
+        [received] = await channel.receive_many(4)
+    assert received.payload is payload
+    del received, payload
+    next_receive = channel.receive()  # made, never awaited: changes nothing
+    gc.collect()
+    assert watch() is None
+    next_receive.close()
+    assert channel.qsize() == 0
