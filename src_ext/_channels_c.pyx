@@ -646,53 +646,63 @@ cdef class _Op:
 
 
 cdef int _op_step(PyObject* raw, PyObject* arg, PyObject** result) except -1:
-    cdef _Op op = <_Op>raw
-    cdef InMemoryChannel channel
-    cdef _Ring buffer
+    cdef int done = _op_first_step(<_Op>raw, result) if (<_Op>raw).state == ST_INIT else NOT_DONE
+    if done != NOT_DONE:
+        return done
+    return _op_answer(<_Op>raw, (<_Op>raw)._resume(<object>arg), result)
+
+
+cdef enum:
+    NOT_DONE = 2  # _op_first_step's answer when the general path must take over
+
+
+cdef inline int _op_first_step(_Op op, PyObject** result) except -1:
+    """The common first steps in a few lines (``op`` is borrowed: no reference is counted).
+
+    A receive with a queued message and no blocked sender; a send with room.
+    Returns what ``_op_answer`` does, or NOT_DONE for the general path.
+    """
     cdef int kind = op.kind
-    cdef object value
-    if op.state == ST_INIT and (kind == OP_RECEIVE or kind == OP_ANEXT):
-        # The common case in a few steps: a queued message and no blocked sender.
-        channel = op.channel
-        buffer = channel._buffer
-        if buffer.count > channel._receivers_woken and not channel._senders.count:
-            channel._note_size()
-            if not channel._observers:
-                result[0] = buffer.take()
-                op.state = ST_DONE
-                op.channel = None
-                return 0
-            op.state = ST_RUNNING
-            value = op._observe_one(buffer.pop())
-            return _op_answer(op, value, result)
-    elif op.state == ST_INIT and kind == OP_SEND:
-        if op.forwarder is not None and not op.forwarder._observers:
-            # A forwarder without observers adds nothing after its enrichment:
-            # from here on this is a plain send of the enriched message.
-            try:
-                op.message = op.forwarder._enrich(op.message)
-            except BaseException:
-                op._release()
-                raise
-            op.forwarder = None
-        channel = op.channel
-        if op.forwarder is None and (
-            not channel._closed
-            and _is_message(op.message)
-            and (not channel._maxsize or channel._room_taken() < channel._maxsize)
-        ):
-            channel._enqueue(op.message)
-            if not channel._observers:
-                op.state = ST_DONE
-                op.channel = None
-                op.message = None
-                Py_INCREF(None)
-                result[0] = <PyObject*>None
-                return 0
-            op.state = ST_RUNNING
-            value = op._observe_one(None)
-            return _op_answer(op, value, result)
-    return _op_answer(op, op._resume(<object>arg), result)
+    if kind == OP_RECEIVE or kind == OP_ANEXT:
+        if op.channel._buffer.count <= op.channel._receivers_woken or op.channel._senders.count:
+            return NOT_DONE
+        op.channel._note_size()
+        if not op.channel._observers:
+            result[0] = op.channel._buffer.take()
+            op.state = ST_DONE
+            op.channel = None
+            return 0
+        op.state = ST_RUNNING
+        return _op_answer(op, op._observe_one(op.channel._buffer.pop()), result)
+    if kind != OP_SEND:
+        return NOT_DONE
+    if op.forwarder is not None:
+        if op.forwarder._observers:
+            return NOT_DONE
+        # A forwarder without observers adds nothing after its enrichment:
+        # from here on this is a plain send of the enriched message.
+        try:
+            op.message = op.forwarder._enrich(op.message)
+        except BaseException:
+            op._release()
+            raise
+        op.forwarder = None
+    if (
+        op.channel._closed
+        or not _is_message(op.message)
+        or (op.channel._maxsize and op.channel._room_taken() >= op.channel._maxsize)
+    ):
+        return NOT_DONE
+    op.channel._enqueue(op.message)
+    if op.channel._observers:
+        op.state = ST_RUNNING
+        return _op_answer(op, op._observe_one(None), result)
+    op.state = ST_DONE
+    op.channel = None
+    op.message = None
+    Py_INCREF(None)
+    result[0] = <PyObject*>None
+    return 0
 
 
 cdef inline int _op_answer(_Op op, object value, PyObject** result):
