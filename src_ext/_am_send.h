@@ -41,12 +41,41 @@ static PySendResult spark_am_send(PyObject *op, PyObject *arg, PyObject **result
  * delivered, and only until the next send or receive on any channel. */
 static PyObject *spark_stop = NULL;
 
+#if PY_VERSION_HEX >= 0x030C0000
+/* Whether the kept StopIteration still refers to anything: the last result,
+ * or what it picked up if user code caught it on its way (a traceback,
+ * chained exceptions, notes, attributes). */
+static inline int spark_stop_holds(PyObject *stop)
+{
+    PyBaseExceptionObject *base = (PyBaseExceptionObject *)stop;
+    PyObject *value = ((PyStopIterationObject *)stop)->value;
+    return (value != NULL && value != Py_None) || base->traceback != NULL ||
+           base->context != NULL || base->cause != NULL || base->notes != NULL ||
+           base->dict != NULL;
+}
+
+/* Let go of all of that. Each field is emptied before what it held is
+ * released, since releasing can run any code (a finalizer), and that code
+ * may use the kept exception again. */
+static void spark_stop_release(PyObject *stop)
+{
+    PyBaseExceptionObject *base = (PyBaseExceptionObject *)stop;
+    Py_CLEAR(((PyStopIterationObject *)stop)->value);
+    Py_CLEAR(base->traceback);
+    Py_CLEAR(base->context);
+    Py_CLEAR(base->cause);
+    Py_CLEAR(base->notes);
+    Py_CLEAR(base->dict);
+    base->suppress_context = 0;
+}
+#endif
+
 static inline void spark_forget_result(void)
 {
 #if PY_VERSION_HEX >= 0x030C0000
     PyObject *stop = spark_stop;
-    if (stop != NULL && Py_REFCNT(stop) == 1) {
-        Py_CLEAR(((PyStopIterationObject *)stop)->value);
+    if (stop != NULL && Py_REFCNT(stop) == 1 && spark_stop_holds(stop)) {
+        spark_stop_release(stop);
     }
 #endif
 }
@@ -58,24 +87,25 @@ static PyObject *spark_stop_iteration(PyObject *value)
         return NULL;
     }
 #if PY_VERSION_HEX >= 0x030C0000
-    PyObject *stop = spark_stop;
-    if (stop == NULL || Py_REFCNT(stop) != 1) {
-        /* Held elsewhere (someone caught it): leave it to them, make another. */
-        stop = PyObject_CallNoArgs(PyExc_StopIteration);
-        if (stop == NULL) {
-            Py_DECREF(value);
-            return NULL;
+    PyObject *stop;
+    for (;;) {
+        stop = spark_stop;
+        if (stop == NULL || Py_REFCNT(stop) != 1) {
+            /* Held elsewhere (someone caught it): leave it to them, make another. */
+            stop = PyObject_CallNoArgs(PyExc_StopIteration);
+            if (stop == NULL) {
+                Py_DECREF(value);
+                return NULL;
+            }
+            Py_XSETREF(spark_stop, stop); /* the old one lives on elsewhere: no code runs */
+            break;
         }
-        Py_XSETREF(spark_stop, stop);
-    }
-    else {
-        PyBaseExceptionObject *base = (PyBaseExceptionObject *)stop;
-        if (base->traceback != NULL || base->context != NULL || base->cause != NULL) {
-            Py_CLEAR(base->traceback);
-            Py_CLEAR(base->context);
-            Py_CLEAR(base->cause);
+        if (!spark_stop_holds(stop)) {
+            break;
         }
+        spark_stop_release(stop); /* may run code that uses the cache: look again */
     }
+    /* The value field is empty (NULL, or None in a new exception). */
     Py_XSETREF(((PyStopIterationObject *)stop)->value, value);
     PyErr_SetRaisedException(Py_NewRef(stop));
     return NULL;

@@ -409,7 +409,11 @@ cdef class _Op:
             Py_DECREF(<object>answer)  # what an observer's awaitable returns is ignored
         else:
             self._observer_raised()
-        return self._notify_rest()
+        try:
+            return self._notify_rest()
+        except BaseException:  # a later observer raised one, sync: the op ends here
+            self._release()
+            raise
 
     cdef int _observer_raised(self) except -1:
         """The awaited observer raised (it is the current exception): log an Exception, else propagate."""
@@ -462,7 +466,11 @@ cdef class _Op:
         else:
             self._delegate_yield = yielded
             return yielded
-        result = self._notify_rest()
+        try:
+            result = self._notify_rest()
+        except BaseException:  # a later observer raised one, sync: the op ends here
+            self._release()
+            raise
         if result is _SUSPEND:
             return self._delegate_yield
         raise StopIteration(result)
@@ -676,22 +684,24 @@ cdef inline int _op_first_step(_Op op, PyObject** result) except -1:
         return _op_answer(op, op._observe_one(op.channel._buffer.pop()), result)
     if kind != OP_SEND:
         return NOT_DONE
+    if (
+        op.channel._closed
+        or (op.channel._maxsize and op.channel._room_taken() >= op.channel._maxsize)
+        or (op.forwarder is not None and (op.forwarder._observers or op.channel._observers))
+    ):
+        # The send waits or raises; or, through a forwarder, it notifies
+        # observers, and the forwarder's are those it has when they are done.
+        return NOT_DONE
     if op.forwarder is not None:
-        if op.forwarder._observers:
-            return NOT_DONE
-        # A forwarder without observers adds nothing after its enrichment:
-        # from here on this is a plain send of the enriched message.
+        # It completes now, and the forwarder adds nothing after its
+        # enrichment: from here on this is a plain send of the enriched message.
         try:
             op.message = op.forwarder._enrich(op.message)
         except BaseException:
             op._release()
             raise
         op.forwarder = None
-    if (
-        op.channel._closed
-        or not _is_message(op.message)
-        or (op.channel._maxsize and op.channel._room_taken() >= op.channel._maxsize)
-    ):
+    elif not _is_message(op.message):
         return NOT_DONE
     op.channel._enqueue(op.message)
     if op.channel._observers:
@@ -737,18 +747,19 @@ cdef bint _wake(_Op op, int reason) except -1:
 
 cdef inline _Op _new_op(InMemoryChannel channel, int kind):
     """An op for ``channel``: its spare one when nobody else holds it, else a new one."""
+    # The last result was delivered: stop holding it (see _am_send.h). First,
+    # since releasing it can run code (a finalizer) that makes ops too.
+    spark_forget_result()
     cdef PyObject* spare = <PyObject*>channel._spare_op  # borrowed: counts no reference
     cdef _Op op
-    spark_forget_result()  # the last result was delivered: stop holding it (see _am_send.h)
     if spare == <PyObject*>None or _Py_REFCNT(spare) != 1:
         op = _Op.__new__(_Op)
         channel._spare_op = op
     else:
         op = <_Op>spare
+        if op.state != ST_DONE:  # dropped unawaited, or ended by an exception half-way
+            op._release()
         op.state = ST_INIT
-        if op.message is not None or op.forwarder is not None:  # dropped unawaited, or failed
-            op.message = None
-            op.forwarder = None
     op.channel = channel
     op.kind = kind
     return op

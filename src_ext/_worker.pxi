@@ -144,6 +144,7 @@ async def run_worker(node, WorkerState state, InMemoryChannel mailbox, shutdowns
             if mailbox._senders.count:
                 mailbox._wake_senders()
         else:
+            message = payload = result = None  # hold nothing of the last message while waiting
             state.receiving = True
             try:
                 message = await _new_op(mailbox, OP_RECEIVE)

@@ -355,3 +355,24 @@ async def test_the_channel_keeps_no_received_message_alive(impl, take):
     assert watch() is None
     next_receive.close()
     assert channel.qsize() == 0
+
+
+async def test_a_finalizer_run_while_a_result_is_handed_over_changes_nothing(impl):
+    # Handing a result over (compiled, CPython 3.12+) lets go of the one
+    # handed over before; that can run a finalizer, which may make operations.
+    other = impl.InMemoryChannel()
+    channel = impl.InMemoryChannel()
+
+    class MakesAnOperation:
+        def __del__(self):
+            other.receive().close()
+
+    observed = impl.InMemoryChannel()
+
+    async def observer(message, channel_, phase):
+        await observed.receive()  # delivers a result inside the receive below
+
+    observed.send_nowait(impl.ChannelMessage(MakesAnOperation()))
+    channel.send_nowait(impl.ChannelMessage("kept"))
+    channel.add_observer(observer)
+    assert (await channel.receive()).payload == "kept"

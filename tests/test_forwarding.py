@@ -188,3 +188,16 @@ async def test_async_for_over_a_forwarder_drains_downstream_then_stops(impl, obs
         assert seen == [(n, "send") for n in range(3)] + [(n, "receive") for n in range(3)]
     with pytest.raises(StopAsyncIteration):
         await forwarder.__anext__()
+
+
+async def test_an_observer_added_while_a_send_through_the_forwarder_waits_sees_that_send(impl):
+    downstream = impl.InMemoryChannel(maxsize=1)
+    forwarder = impl.ForwardingChannel(downstream, name="edge", metadata_defaults={"edge": 1})
+    seen = []
+    await forwarder.send(impl.ChannelMessage("a"))
+    blocked = asyncio.ensure_future(forwarder.send(impl.ChannelMessage("b")))
+    await asyncio.sleep(0)
+    forwarder.add_observer(lambda message, channel, phase: seen.append((phase, message.payload)))
+    await downstream.receive()
+    await blocked
+    assert seen == [("send", "b")]

@@ -367,3 +367,37 @@ async def test_an_observer_that_absorbs_a_cancellation_lets_the_rest_run(impl):
     sender.cancel()
     await sender  # the observer ate the cancellation: send finishes normally
     assert log == ["absorbed", ("after", "send", 1, channel.name)]
+
+
+async def test_a_base_exception_from_a_sync_observer_after_an_async_one_ends_only_that_call(impl):
+    # The send that was notifying fails; the channel, and the next operations
+    # (the compiled build reuses its operation objects), are unaffected.
+    calls = []
+    raised = []
+
+    async def first(message, channel, phase):
+        await asyncio.sleep(0)
+        calls.append(("async", phase, message.payload))
+
+    def second(message, channel, phase):
+        calls.append(("sync", phase, message.payload))
+        if not raised:
+            raised.append(True)
+            raise asyncio.CancelledError("from an observer")
+
+    channel = impl.InMemoryChannel(observers=[first, second])
+    with pytest.raises(asyncio.CancelledError):
+        await channel.send(impl.ChannelMessage("first"))
+    channel.remove_observer(first)
+    channel.remove_observer(second)
+    await channel.send(impl.ChannelMessage("second"))
+    channel.add_observer(first)
+    channel.add_observer(second)
+    batch = await channel.receive_many(10)
+    assert [m.payload for m in batch] == ["first", "second"]
+    assert calls[2:] == [
+        ("async", "receive", "first"),
+        ("sync", "receive", "first"),
+        ("async", "receive", "second"),
+        ("sync", "receive", "second"),
+    ]

@@ -10,6 +10,8 @@ shortcut changes nothing a user can see.
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -331,3 +333,29 @@ async def test_long_running_graph_of_user_nodes_end_to_end() -> None:
     result = await Graph(a).run(Task(inputs=inputs, type=TaskType.LONG_RUNNING))
     assert result.status == "completed"
     assert result.outputs == [2 * i for i in range(count)]
+
+
+@pytest.mark.parametrize("returns", ["nothing", "the payload"])
+async def test_an_idle_worker_holds_nothing_of_its_last_message(returns: str) -> None:
+    class Payload:
+        pass
+
+    async def ack() -> None:
+        return None
+
+    class Sink(Node):
+        def process(self, payload: Any) -> Any:
+            return None if returns == "nothing" else payload
+
+    node = Sink()
+    payload = Payload()
+    watch = weakref.ref(payload)
+    node.mailbox.send_nowait(ChannelMessage(payload, ack=ack))
+    del payload
+    worker = asyncio.create_task(node.go())
+    await settle()
+    assert node.processed == 1 and node._receiving
+    gc.collect()
+    assert watch() is None
+    node.mailbox.close()
+    await worker

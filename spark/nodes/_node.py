@@ -263,6 +263,7 @@ class Node:
                 except (asyncio.QueueEmpty, ChannelClosed):
                     pass  # the receive below waits, or raises ChannelClosed
             if message is None:
+                result = None  # hold nothing of the last message while waiting
                 state.receiving = True
                 try:
                     message = await mailbox.receive()
