@@ -324,6 +324,8 @@ cdef class _Op:
     cdef int woken
 
     def __dealloc__(self):
+        if self.state == ST_WAITING and self.channel is not None:
+            self._abandon()  # woken, then dropped before it ran: hand its promise on
         spark_forget_result()
 
     def __await__(self):
@@ -617,17 +619,13 @@ cdef class _Op:
         return self._await_observer(hit)
 
     cdef object _observe_slowly(self, object result):
-        """A forwarder's observers too, or a batch of messages."""
+        """A forwarder's observers too (after the channel's), or a batch of messages."""
         cdef InMemoryChannel channel = self.channel
         cdef ForwardingChannel forwarder = self.forwarder
-        cdef tuple observers = channel._observers
         phase = _SEND if self.kind == OP_SEND else _RECEIVE
-        if forwarder is not None:
-            targets = [(observers, channel), (forwarder._observers, forwarder)]
-        else:
-            targets = [(observers, channel)]
+        channels = [channel] if forwarder is None else [channel, forwarder]
         messages = result if self.kind == OP_RECEIVE_MANY else [self.message if self.kind == OP_SEND else result]
-        delegate = _notify_all(targets, messages, phase, result)
+        delegate = _notify_all(channels, messages, phase, result)
         if delegate is None:
             self._release()
             return result
@@ -667,42 +665,32 @@ cdef enum:
 cdef inline int _op_first_step(_Op op, PyObject** result) except -1:
     """The common first steps in a few lines (``op`` is borrowed: no reference is counted).
 
-    A receive with a queued message and no blocked sender; a send with room.
-    Returns what ``_op_answer`` does, or NOT_DONE for the general path.
+    A receive with a queued message and no blocked sender; a send, not
+    through a forwarder, with room. Returns what ``_op_answer`` does, or
+    NOT_DONE for the general path.
     """
     cdef int kind = op.kind
     if kind == OP_RECEIVE or kind == OP_ANEXT:
         if op.channel._buffer.count <= op.channel._receivers_woken or op.channel._senders.count:
             return NOT_DONE
         op.channel._note_size()
-        if not op.channel._observers:
+        if not op.channel._observers and (op.forwarder is None or not op.forwarder._observers):
             result[0] = op.channel._buffer.take()
             op.state = ST_DONE
             op.channel = None
+            if op.forwarder is not None:
+                op.forwarder = None
             return 0
         op.state = ST_RUNNING
-        return _op_answer(op, op._observe_one(op.channel._buffer.pop()), result)
-    if kind != OP_SEND:
+        return _op_answer(op, op._observe(op.channel._buffer.pop()), result)
+    if kind != OP_SEND or op.forwarder is not None:
         return NOT_DONE
     if (
-        op.channel._closed
+        not _is_message(op.message)
+        or op.channel._closed
         or (op.channel._maxsize and op.channel._room_taken() >= op.channel._maxsize)
-        or (op.forwarder is not None and (op.forwarder._observers or op.channel._observers))
     ):
-        # The send waits or raises; or, through a forwarder, it notifies
-        # observers, and the forwarder's are those it has when they are done.
-        return NOT_DONE
-    if op.forwarder is not None:
-        # It completes now, and the forwarder adds nothing after its
-        # enrichment: from here on this is a plain send of the enriched message.
-        try:
-            op.message = op.forwarder._enrich(op.message)
-        except BaseException:
-            op._release()
-            raise
-        op.forwarder = None
-    elif not _is_message(op.message):
-        return NOT_DONE
+        return NOT_DONE  # the send raises, or waits
     op.channel._enqueue(op.message)
     if op.channel._observers:
         op.state = ST_RUNNING
@@ -731,8 +719,23 @@ if spark_install_am_send(<PyTypeObject*>_Op, _op_step) != 0:
     raise ImportError("spark.nodes._channels_c: _Op has no async slots")
 
 
+cdef inline bint _dropped(PyObject* op, PyObject* spare, Py_ssize_t held) noexcept:
+    """Whether a blocked op is referred to only by the channel: its waiter was
+    dropped without being closed (a coroutine dropped that way is closed, and
+    withdraws, in the pure build). ``held`` counts the references the caller
+    knows of; the channel's spare op holds one more."""
+    return _Py_REFCNT(op) <= held + (op == spare)
+
+
 cdef bint _wake(_Op op, int reason) except -1:
-    """Wake a blocked op; False if its task was cancelled meanwhile (nothing promised)."""
+    """Wake a blocked op just taken from its waiter queue.
+
+    False, promising nothing, if its task was cancelled meanwhile (it will
+    abandon the op), or if nobody but the queue held the op (it is dropped).
+    """
+    if op.channel is not None and _dropped(<PyObject*>op, <PyObject*>op.channel._spare_op, 1):
+        op._release()
+        return False
     try:
         future = op.future
         if type(future) is _Future:
@@ -757,7 +760,9 @@ cdef inline _Op _new_op(InMemoryChannel channel, int kind):
         channel._spare_op = op
     else:
         op = <_Op>spare
-        if op.state != ST_DONE:  # dropped unawaited, or ended by an exception half-way
+        if op.state != ST_DONE:  # dropped unawaited, woken then dropped, or ended half-way
+            if op.state == ST_WAITING:
+                op._abandon()
             op._release()
         op.state = ST_INIT
     op.channel = channel
@@ -801,26 +806,30 @@ cdef int _observer_failed(object channel, str phase, object observer) except -1:
     return 0
 
 
-cdef object _notify_all(list targets, list messages, str phase, object result):
-    """Notify every (observers, channel) target of every message, in order.
+cdef object _notify_all(list channels, list messages, str phase, object result):
+    """Notify the observers of each of ``channels`` of every message, in order.
 
-    Returns None when all observers were synchronous; otherwise a coroutine
-    that awaits the first awaitable and finishes the rest, returning ``result``.
+    A channel's observers are read when its turn comes, as the pure build
+    reads them. Returns None when all were synchronous; otherwise a
+    coroutine that awaits the first awaitable and finishes the rest,
+    returning ``result``.
     """
     cdef Py_ssize_t m, t
+    cdef tuple observers
     for m in range(len(messages)):
         message = messages[m]
-        for t in range(len(targets)):
-            observers, channel = targets[t]
+        for t in range(len(channels)):
+            channel = channels[t]
+            observers = (<_ObservedChannel>channel)._observers
             if not observers:
                 continue
             hit = _call_observers(observers, 0, channel, message, phase)
             if hit is not None:
                 awaitable, observer, following = hit
                 plan = [(observers, following, channel, message)]
-                plan += [(obs, 0, chan, message) for obs, chan in targets[t + 1:]]
+                plan += [(None, 0, later, message) for later in channels[t + 1:]]
                 for later in messages[m + 1:]:
-                    plan += [(obs, 0, chan, later) for obs, chan in targets]
+                    plan += [(None, 0, chan, later) for chan in channels]
                 return _finish_notify(awaitable, observer, channel, phase, plan, result)
     return None
 
@@ -838,6 +847,8 @@ async def _finish_notify(awaitable, observer, channel, str phase, list plan, res
     except Exception:
         report_observer_error(channel, phase, observer)
     for observers, start, chan, message in plan:
+        if observers is None:  # not started yet: the channel's observers as they are now
+            observers = chan.observers
         if start < len(observers):
             await _notify_async(observers, start, chan, message, phase)
     return result
@@ -1136,15 +1147,20 @@ cdef class InMemoryChannel(_ObservedChannel):
             size=self._buffer.count - self._receivers_woken,
             peak_size=max(self._peak_size, self._buffer.count - self._receivers_woken),
             maxsize=self._maxsize,
-            senders_waiting=_count_pending(self._senders),
-            receivers_waiting=_count_pending(self._receivers),
+            senders_waiting=_count_pending(self, self._senders),
+            receivers_waiting=_count_pending(self, self._receivers),
             closed=self._closed,
         )
 
 
-cdef Py_ssize_t _count_pending(_Ring waiters):
-    cdef Py_ssize_t pending = 0
-    for item in waiters.snapshot():
+cdef Py_ssize_t _count_pending(InMemoryChannel channel, _Ring waiters):
+    """Blocked ops still waiting: not woken, not cancelled, not dropped."""
+    cdef Py_ssize_t i, pending = 0
+    cdef PyObject* item
+    for i in range(waiters.count):
+        item = PyList_GET_ITEM(waiters.items, (waiters.head + i) & waiters.mask)
+        if _dropped(item, <PyObject*>channel._spare_op, 1):
+            continue
         if not (<_Op>item).future.done():
             pending += 1
     return pending
@@ -1246,8 +1262,13 @@ cdef class ForwardingChannel(_ObservedChannel):
 
     def receive(self):
         """Receive from ``downstream``."""
-        if not self._observers:
-            return self._downstream.receive()
+        cdef _Op op
+        if self._fast_downstream is not None:
+            # downstream's own op, which also tells this forwarder's observers,
+            # those it has once the message is taken
+            op = _new_op(self._fast_downstream, OP_RECEIVE)
+            op.forwarder = self
+            return op
         return self._receive_observed()
 
     async def _receive_observed(self):
@@ -1271,8 +1292,11 @@ cdef class ForwardingChannel(_ObservedChannel):
         return batch
 
     def __anext__(self):
-        if self._fast_downstream is not None and not self._observers:
-            return _new_op(self._fast_downstream, OP_ANEXT)  # what async for on downstream does
+        cdef _Op op
+        if self._fast_downstream is not None:  # as receive(), ending the iteration on close
+            op = _new_op(self._fast_downstream, OP_ANEXT)
+            op.forwarder = self
+            return op
         return self._anext_slowly()
 
     async def _anext_slowly(self):

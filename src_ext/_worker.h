@@ -14,13 +14,6 @@ static inline PyObject *spark_call_method1(PyObject *self, PyObject *name, PyObj
     return PyObject_VectorcallMethod(name, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
-/* Whether `value`'s type answers `await` (defines __await__). */
-static inline int spark_has_await_slot(PyObject *value)
-{
-    PyAsyncMethods *as_async = Py_TYPE(value)->tp_as_async;
-    return as_async != NULL && as_async->am_await != NULL;
-}
-
 /* time.monotonic(), as a float. */
 static inline PyObject *spark_monotonic(void)
 {

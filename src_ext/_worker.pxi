@@ -18,7 +18,6 @@ cdef extern from "_worker.h":
     dict spark_dict_presized(Py_ssize_t size)
     void spark_seed_trace_ids(const char* seed, Py_ssize_t length)
     object spark_new_trace_id()
-    bint spark_has_await_slot(object value)
 
 from cpython.dict cimport PyDict_Next, PyDict_SetItem
 from cpython.list cimport PyList_GET_SIZE
@@ -59,9 +58,9 @@ cdef class WorkerState:
 
 
 cdef inline bint _result_is_awaitable(object value) except -1:
-    """Whether ``Node.go`` would await what ``process`` returned (``_is_awaitable``)."""
+    """Whether ``Node.go`` would await what ``process`` returned (``_is_awaitable`` there)."""
     kind = type(value)
-    if kind is _CoroutineType or spark_has_await_slot(value):
+    if kind is _CoroutineType:
         return True
     if kind in _PLAIN_RESULTS:
         return False
@@ -132,7 +131,7 @@ cdef bint _deliver_now(object channel, object payload, str source, object trace_
 async def run_worker(node, WorkerState state, InMemoryChannel mailbox, shutdowns, bint custom_emit):
     """``Node.go`` for a node whose mailbox is a compiled ``InMemoryChannel``."""
     cdef list edges = node._edges
-    cdef str source = node.id
+    cdef str source = node._id  # as Node.go: the id it was made with
     cdef object binding = None
     cdef tuple outgoing = ()
     cdef object on_output = None

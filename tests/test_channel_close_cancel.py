@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -229,3 +230,32 @@ async def test_cancelled_receive_many_takes_nothing(impl):
     await settle()
     assert batch.cancelled()
     assert channel.receive_nowait().payload == 1
+
+
+async def test_a_receive_started_by_hand_then_dropped_takes_nothing(impl):
+    # Driven until it waits, then dropped without close(): like a coroutine
+    # that is garbage, it withdraws; the messages go to the next receivers.
+    channel = impl.InMemoryChannel()
+    waiting = channel.receive().__await__()
+    next(waiting)
+    del waiting
+    gc.collect()
+    assert channel.stats().receivers_waiting == 0
+    channel.send_nowait(impl.ChannelMessage("m1"))
+    channel.send_nowait(impl.ChannelMessage("m2"))
+    got = [(await asyncio.wait_for(channel.receive(), 5)).payload for _ in range(2)]
+    assert got == ["m1", "m2"]
+
+
+async def test_a_send_started_by_hand_then_dropped_takes_no_room(impl):
+    channel = impl.InMemoryChannel(maxsize=1)
+    channel.send_nowait(impl.ChannelMessage("in"))
+    waiting = channel.send(impl.ChannelMessage("dropped")).__await__()
+    next(waiting)
+    del waiting
+    gc.collect()
+    assert channel.stats().senders_waiting == 0
+    assert (await channel.receive()).payload == "in"
+    channel.send_nowait(impl.ChannelMessage("next"))
+    assert (await asyncio.wait_for(channel.receive(), 5)).payload == "next"
+    assert channel.empty()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 import pytest
 
@@ -201,3 +202,85 @@ async def test_an_observer_added_while_a_send_through_the_forwarder_waits_sees_t
     await downstream.receive()
     await blocked
     assert seen == [("send", "b")]
+
+
+@pytest.mark.parametrize("how", ["receive", "async for"])
+async def test_an_observer_added_while_a_receive_through_the_forwarder_waits_sees_it(impl, how):
+    downstream = impl.InMemoryChannel()
+    forwarder = impl.ForwardingChannel(downstream, name="edge")
+    seen = []
+
+    async def take():
+        if how == "receive":
+            return await forwarder.receive()
+        async for message in forwarder:
+            return message
+
+    taker = asyncio.ensure_future(take())
+    await asyncio.sleep(0)
+    forwarder.add_observer(lambda message, channel, phase: seen.append((phase, message.payload)))
+    await downstream.send(impl.ChannelMessage(3))
+    assert (await taker).payload == 3
+    assert seen == [("receive", 3)]
+
+
+async def test_observers_are_read_when_their_turn_comes(impl):
+    # A forwarder observer added by a downstream observer hears the same send;
+    # an observer removing itself during receive_many hears only its first message.
+    seen = []
+    downstream = impl.InMemoryChannel(name="down")
+    forwarder = impl.ForwardingChannel(downstream, name="fwd")
+
+    async def adds(message, channel, phase):
+        await asyncio.sleep(0)
+        seen.append((channel.name, phase, message.payload))
+        if phase == "send" and not forwarder.observers:
+            forwarder.add_observer(lambda m, c, p: seen.append((c.name, p, m.payload)))
+
+    downstream.add_observer(adds)
+    await forwarder.send(impl.ChannelMessage("x"))
+    assert seen == [("down", "send", "x"), ("fwd", "send", "x")]
+
+    channel = impl.InMemoryChannel(name="c")
+    for n in range(3):
+        channel.send_nowait(impl.ChannelMessage(n))
+    heard = []
+
+    async def once(message, channel_, phase):
+        await asyncio.sleep(0)
+        heard.append(message.payload)
+        channel_.remove_observer(once)
+
+    channel.add_observer(once)
+    assert [m.payload for m in await channel.receive_many(3)] == [0, 1, 2]
+    assert heard == [0]
+
+
+async def test_a_forwarder_send_checks_room_after_reading_the_metadata(impl):
+    # Reading the message's metadata (a user mapping) may fill the downstream:
+    # the send then waits, as it would if the downstream had been full before.
+    downstream = impl.InMemoryChannel(maxsize=1)
+    forwarder = impl.ForwardingChannel(downstream, metadata_defaults={"edge": "e"})
+
+    class Filling(Mapping):
+        def __init__(self):
+            self.filled = False
+
+        def __getitem__(self, key):
+            return 1
+
+        def __len__(self):
+            return 1
+
+        def __iter__(self):
+            if not self.filled:
+                self.filled = True
+                downstream.send_nowait(impl.ChannelMessage("filler"))
+            return iter(["k"])
+
+    sending = asyncio.ensure_future(forwarder.send(impl.ChannelMessage("mine", Filling())))
+    await asyncio.sleep(0)
+    assert not sending.done() and downstream.qsize() == 1
+    assert (await downstream.receive()).payload == "filler"
+    await sending
+    assert (await downstream.receive()).payload == "mine"

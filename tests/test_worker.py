@@ -359,3 +359,36 @@ async def test_an_idle_worker_holds_nothing_of_its_last_message(returns: str) ->
     assert watch() is None
     node.mailbox.close()
     await worker
+
+
+async def test_a_result_that_declares_itself_not_awaitable_is_sent() -> None:
+    class NotAwaitable:
+        __await__ = None  # inspect.isawaitable says no
+
+    value = NotAwaitable()
+
+    class Returns(Node):
+        def process(self, payload: Any) -> Any:
+            return value
+
+    a, b = Returns(), Node()
+    a >> b
+    await a.mailbox.send(ChannelMessage(1))
+    await a.mailbox.send(shutdown())
+    await asyncio.wait_for(a.go(), 10)
+    assert drain(b.mailbox)[0].payload is value
+    assert (a.processed, a.failed) == (1, 0)
+
+
+async def test_source_node_is_the_id_the_node_was_made_with() -> None:
+    class Renamed(Node):
+        @property
+        def id(self) -> str:
+            return f"public-{self._id}"
+
+    a, b = Renamed(id="a"), Node()
+    a >> b
+    await a.mailbox.send(ChannelMessage(1))
+    await a.mailbox.send(shutdown())
+    await asyncio.wait_for(a.go(), 10)
+    assert [m.metadata["source_node"] for m in drain(b.mailbox)] == ["a", "a"]

@@ -369,7 +369,7 @@ class Node:
         for route in outgoing:
             if not route.deliver_now(payload, source, trace_id, timestamp):
                 metadata = {"source_node": source, "trace_id": trace_id, "timestamp": timestamp}
-                await route.channel.send(ChannelMessage(payload=payload, metadata=metadata))
+                await route.channel.send(route.message_type(payload, metadata))
 
     async def _acknowledge(self, message: ChannelMessage[Any]) -> None:
         if message.ack is not None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _channels_py
-from .channels import IMPLEMENTATION, BaseChannel
+from .channels import IMPLEMENTATION, BaseChannel, ChannelMessage
 
 if TYPE_CHECKING:
     from ._node import Node, RunBinding
@@ -96,13 +96,15 @@ class Route:
     overlaid with the node's tracing keys, and one envelope.
     """
 
-    __slots__ = ("channel", "forwarder", "target", "template")
+    __slots__ = ("channel", "forwarder", "message_type", "target", "template")
 
     def __init__(self, channel: BaseChannel) -> None:
         self.channel = channel
         self.forwarder: Any = None
         self.target: Any = None
         self.template: dict[str, Any] | None = None
+        self.message_type: type = ChannelMessage
+        """The envelope class of what is sent along: the pure one into a pure mailbox."""
         defaults: dict[str, Any] | None = None
         if type(channel) is _PyForwarding and type(channel._downstream) is _PyInMemory:
             self.forwarder = channel
@@ -110,6 +112,7 @@ class Route:
             defaults = channel._defaults
         elif type(channel) is _PyInMemory:
             self.target = channel
+            self.message_type = _PyMessage
         # The keys in the order ``{**defaults, **tracing}`` gives them: copying
         # this and setting three values is cheaper than merging each time.
         self.template = {
