@@ -240,14 +240,29 @@ def format_markdown(rows: Sequence[Result], loops: Sequence[str]) -> str:
     contenders = list(dict.fromkeys(r.contender for r in rows))
     lookup = {(r.scenario, r.contender, r.loop): r for r in rows}
     columns = [(c, loop) for c in contenders for loop in loops]
+    return _ratio_table(
+        list(dict.fromkeys(r.scenario for r in rows)),
+        [f"{c} ({loop})" for c, loop in columns],
+        lambda name: [lookup.get((name, c, loop)) for c, loop in columns],
+    )
+
+
+def _ratio_table(
+    scenarios: Sequence[str],
+    headings: Sequence[str],
+    rows_of: Callable[[str], Sequence[Result | None]],
+) -> str:
+    """Markdown: a row per scenario, a column per heading; ``rows_of(scenario)`` fills a row.
+
+    A cell is the ratio, plus the added ns where the baseline is our own build.
+    """
     lines = [
-        "| scenario | baseline | " + " | ".join(f"{c} ({loop})" for c, loop in columns) + " |",
-        "| --- | --- |" + " --- |" * len(columns),
+        "| scenario | baseline | " + " | ".join(headings) + " |",
+        "| --- | --- |" + " --- |" * len(headings),
     ]
-    for name in dict.fromkeys(r.scenario for r in rows):
+    for name in scenarios:
         cells = []
-        for contender, loop in columns:
-            row = lookup.get((name, contender, loop))
+        for row in rows_of(name):
             if row is None:
                 cells.append("")
             elif row.baseline in BASELINE_RUNS:
@@ -273,25 +288,11 @@ def format_side_by_side(
         present = [c for c in contenders if any(r.contender == c for r in rows)]
         columns += [(label, contender, loop) for contender in present for loop in loops]
     lookup = {(label, r.scenario, r.contender, r.loop): r for label, rows in runs for r in rows}
-    scenarios = list(dict.fromkeys(r.scenario for _, rows in runs for r in rows))
-    lines = [
-        "| scenario | baseline | "
-        + " | ".join(f"{label} {c} ({loop})" for label, c, loop in columns)
-        + " |",
-        "| --- | --- |" + " --- |" * len(columns),
-    ]
-    for name in scenarios:
-        cells = []
-        for label, contender, loop in columns:
-            row = lookup.get((label, name, contender, loop))
-            if row is None:
-                cells.append("")
-            elif row.baseline in BASELINE_RUNS:
-                cells.append(f"{row.ratio:.2f} ({row.added_ns_per_message:+,.0f} ns)")
-            else:
-                cells.append(f"{row.ratio:.2f}")
-        lines.append(f"| {name} | {SCENARIOS[name].baseline} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return _ratio_table(
+        list(dict.fromkeys(r.scenario for _, rows in runs for r in rows)),
+        [f"{label} {c} ({loop})" for label, c, loop in columns],
+        lambda name: [lookup.get((label, name, c, loop)) for label, c, loop in columns],
+    )
 
 
 def read_json(path: str) -> tuple[str, list[Result]]:
