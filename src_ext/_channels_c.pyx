@@ -226,10 +226,6 @@ cdef class _Ring:
         self.count -= 1
         return slot
 
-    cdef inline object at(self, Py_ssize_t i):
-        """The i-th oldest item (borrowed into a new reference)."""
-        return <object>PyList_GET_ITEM(self.items, (self.head + i) & self.mask)
-
     cdef int _grow(self) except -1:
         cdef Py_ssize_t size = self.mask + 1
         cdef Py_ssize_t i, j
@@ -261,9 +257,6 @@ cdef class _Ring:
                 Py_DECREF(item)
                 return True
         return False
-
-    cdef list snapshot(self):
-        return [self.at(i) for i in range(self.count)]
 
     cdef int clear_to(self, list out) except -1:
         while self.count:
@@ -491,7 +484,7 @@ cdef class _Op:
         if channel._closed:
             self._release()
             raise channel._closed_error()
-        if channel._maxsize and channel._room_taken() >= channel._maxsize:
+        if channel._is_full():
             return self._suspend(channel._senders)
         channel._enqueue(self.message)
         return self._observe(None)
@@ -688,7 +681,7 @@ cdef inline int _op_first_step(_Op op, PyObject** result) except -1:
     if (
         not _is_message(op.message)
         or op.channel._closed
-        or (op.channel._maxsize and op.channel._room_taken() >= op.channel._maxsize)
+        or op.channel._is_full()
     ):
         return NOT_DONE  # the send raises, or waits
     op.channel._enqueue(op.message)
@@ -994,9 +987,13 @@ cdef class InMemoryChannel(_ObservedChannel):
         if size > self._peak_size:
             self._peak_size = size
 
-    cdef inline Py_ssize_t _room_taken(self):
+    cdef inline Py_ssize_t _room_taken(self) noexcept:
         """Queued messages plus the slots promised to woken senders."""
         return self._buffer.count - self._receivers_woken + self._senders_woken
+
+    cdef inline bint _is_full(self) noexcept:
+        """Whether a send must wait for room (``full()``)."""
+        return self._maxsize and self._room_taken() >= self._maxsize
 
     cdef list _dequeue_more(self, list batch, Py_ssize_t max_items):
         cdef _Ring buffer = self._buffer
@@ -1034,7 +1031,7 @@ cdef class InMemoryChannel(_ObservedChannel):
             raise not_a_message(message)
         if self._closed:
             raise self._closed_error()
-        if self._maxsize and self._room_taken() >= self._maxsize:
+        if self._is_full():
             raise _QueueFull
         self._enqueue(message)
         if self._observers:
@@ -1137,7 +1134,7 @@ cdef class InMemoryChannel(_ObservedChannel):
 
     def full(self):
         """Whether a new ``send`` would have to wait."""
-        return bool(self._maxsize) and self._room_taken() >= self._maxsize
+        return self._is_full()
 
     def stats(self):
         """A snapshot of the channel's counters."""

@@ -279,6 +279,7 @@ class Node:
                 continue
             try:
                 result = self.process(message.payload)
+                # The type test first spares a call for the common plain results.
                 if type(result) not in _PLAIN_RESULTS and _is_awaitable(result):
                     result = await result
                 if result is not None:
