@@ -83,6 +83,18 @@ def node_build(impl: Impl, monkeypatch: pytest.MonkeyPatch) -> Impl:
     return impl
 
 
+def record_sends(channel: Any) -> list[Any]:
+    """A list that receives every message sent into ``channel`` (by an observer)."""
+    sent: list[Any] = []
+
+    def observe(message: Any, channel: Any, phase: str) -> None:
+        if phase == "send":
+            sent.append(message)
+
+    channel.add_observer(observe)
+    return sent
+
+
 def uses_compiled_loop(node: Any) -> bool:
     """Whether ``node.go()`` runs the compiled worker loop."""
     return _worker.compiled_loop(node) is not None

@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from conftest import record_sends
 
 from spark.graphs import (
     Budget,
@@ -119,18 +120,6 @@ def inputs(values: Any, *, then_shutdown: bool = False) -> list[Any]:
     if then_shutdown:
         messages.append(ChannelMessage(payload=None, is_shutdown=True))
     return messages
-
-
-def record_sends(channel: BaseChannel) -> list[ChannelMessage[Any]]:
-    """A list that receives every message sent into ``channel``."""
-    sent: list[ChannelMessage[Any]] = []
-
-    def observe(message: ChannelMessage[Any], channel: BaseChannel, phase: str) -> None:
-        if phase == "send":
-            sent.append(message)
-
-    channel.add_observer(observe)
-    return sent
 
 
 async def run_with_stopper(graph: Graph, task: Task, ready: asyncio.Event) -> RunResult:

@@ -15,7 +15,7 @@ import weakref
 from typing import Any
 
 import pytest
-from conftest import uses_compiled_loop
+from conftest import record_sends, uses_compiled_loop
 
 from spark.graphs import Graph, Task, TaskType
 from spark.nodes import Node
@@ -40,18 +40,6 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-def observed(channel: BaseChannel) -> list[ChannelMessage[Any]]:
-    """Messages as ``channel`` receives them; an observer also turns off the shortcut."""
-    seen: list[ChannelMessage[Any]] = []
-
-    def observe(message: ChannelMessage[Any], channel: BaseChannel, phase: str) -> None:
-        if phase == "send":
-            seen.append(message)
-
-    channel.add_observer(observe)
-    return seen
-
-
 def test_each_build_runs_its_own_loop(node_build: Any) -> None:
     node = Node()
     assert type(node.mailbox) is node_build.InMemoryChannel
@@ -73,7 +61,7 @@ async def test_metadata_through_an_edge_is_one_dict_with_the_keys_in_order(
 ) -> None:
     a, b = Node(id="a"), Node(id="b")
     a.connect(b, channel=node_build.ForwardingChannel(b.mailbox, metadata_defaults=EDGE))
-    seen = observed(b.mailbox) if observe else None  # with an observer: the plain send
+    seen = record_sends(b.mailbox) if observe else None  # with an observer: the plain send
     for message in [ChannelMessage(7), ChannelMessage(8), shutdown()]:
         await a.mailbox.send(message)
     await asyncio.wait_for(a.go(), 10)
@@ -95,7 +83,7 @@ async def test_metadata_through_an_edge_is_one_dict_with_the_keys_in_order(
 async def test_a_graph_edge_adds_its_keys_before_the_nodes_keys() -> None:
     a, b = Node(id="a"), Node(id="b")
     a >> b
-    into_b = observed(b.mailbox)
+    into_b = record_sends(b.mailbox)
     result = await Graph(a).run(Task(inputs=[ChannelMessage(7, {"trace_id": "t"})]))
     assert result.outputs == [7]
     [message] = [m for m in into_b if not m.is_shutdown]
@@ -107,7 +95,7 @@ async def test_a_graph_edge_adds_its_keys_before_the_nodes_keys() -> None:
 async def test_the_shortcut_and_the_plain_send_deliver_the_same_message(observe: bool) -> None:
     a, b = Node(id="a"), Node(id="b")
     edge = a.connect(b)
-    seen = observed(b.mailbox) if observe else None
+    seen = record_sends(b.mailbox) if observe else None
     await a.mailbox.send(ChannelMessage(1, {"trace_id": "t", "mine": "kept?"}))
     await a.mailbox.send(shutdown())
     await asyncio.wait_for(a.go(), 10)
