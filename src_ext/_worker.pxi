@@ -122,7 +122,7 @@ cdef bint _deliver_now(object channel, object payload, str source, object trace_
         target = <InMemoryChannel>channel
     else:
         return False
-    if target._observers or target._closed or (target._maxsize and target._room_taken() >= target._maxsize):
+    if target._observers or target._closed or target._is_full():
         return False
     target._enqueue(_envelope(payload, _tracing(defaults, source, trace_id, timestamp)))
     return True
