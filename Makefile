@@ -7,8 +7,11 @@ INSTALLED := $(VENV)/.installed
 .PHONY: test bench lint wheels clean
 
 $(INSTALLED): pyproject.toml setup.py $(wildcard src_ext/*.pyx src_ext/*.pxi src_ext/*.pxd src_ext/*.h)
+	@test -x $(BIN)/python || echo "Creating the virtual environment $(VENV) ..."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "Installing spark-channels and its test extras into $(VENV): pip builds the compiled"
+	@echo "core with Cython and a C compiler, which takes about a minute and prints nothing ..."
 	$(BIN)/python -m pip install --quiet --editable '.[test]'
 	touch $@
 
