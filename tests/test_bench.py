@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import statistics
+import sys
 
 import pytest
 
@@ -103,3 +105,32 @@ def test_every_scenario_moves_every_message():
                     loop.run_until_complete(baseline(contender, messages))
     finally:
         loop.close()
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_in_a_log_is_a_plain_line_per_round(capsys):
+    main(["--scenarios", "batch", *SMALL])
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    rounds = [line for line in err.splitlines() if " done, " in line]
+    assert [line.split(",")[0] for line in rounds] == [
+        "asyncio: round 1/2 done",
+        "asyncio: round 2/2 done",
+    ]
+    assert err.endswith("\n")
+
+
+def test_progress_on_a_terminal_is_one_updating_line(monkeypatch, capsys):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    main(["--scenarios", "batch", *SMALL])
+    written = terminal.getvalue()
+    assert written.count("\r") > 2 and "\n" not in written
+    assert written.endswith("\r")  # the line is wiped at the end
+    assert "\r" not in capsys.readouterr().out

@@ -39,7 +39,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m spark.bench",
         description="Compare spark-channels with asyncio.Queue (and anyio, aiochannel when "
         "installed) on this machine. Ratios are time per message divided by the baseline's, "
-        "measured in the same run: lower is better.",
+        "measured in the same run: lower is better. The report goes to stdout, progress to "
+        "stderr (a line per finished round when stderr is not a terminal).",
     )
     parser.add_argument("--quick", action="store_true", help="fewer messages and runs (< 30 s)")
     parser.add_argument(

@@ -152,7 +152,13 @@ def measure(
     loop: asyncio.AbstractEventLoop,
     runs: int,
     progress: Callable[[int, _Plan], None],
+    round_done: Callable[[int, int], None] = lambda round_, done: None,
 ) -> None:
+    """Time every plan ``runs`` times, in rounds.
+
+    ``progress(done, plan)`` is called before each timed run and
+    ``round_done(round_, done)`` after each round (``round_`` counts from 1).
+    """
     for plan in plans:  # warm-up: not timed
         loop.run_until_complete(plan.run(plan.contender, plan.messages[:1000]))
     done = 0
@@ -168,6 +174,7 @@ def measure(
             verify(received, plan.messages)
             plan.cell.samples_ns.append(elapsed * 1e9 / len(plan.messages))
             done += 1
+        round_done(round_ + 1, done)
 
 
 def results(cells: Sequence[Cell]) -> list[Result]:
@@ -355,14 +362,22 @@ def plot(path: str, rows: Sequence[Result], loops: Sequence[str], about: str) ->
 
 
 class Progress:
-    """A single updating line on stderr."""
+    """Progress on ``stream``: one updating ``\\r`` line on a terminal.
 
-    def __init__(self, total: int, stream: TextIO) -> None:
+    Anywhere else (a log file, a pipe, CI) a ``\\r`` line would pile up as
+    one garbled line, so it writes a plain line per finished round instead.
+    """
+
+    def __init__(self, total: int, stream: TextIO, live: bool | None = None) -> None:
         self.total = total
         self.stream = stream
+        self.live = _isatty(stream) if live is None else live
         self.started = time.monotonic()
 
     def __call__(self, offset: int, done: int, plan: _Plan) -> None:
+        """Before each timed run: ``done`` runs of this loop are over, ``offset`` before it."""
+        if not self.live:
+            return
         cell = plan.cell
         who = cell.contender if cell.baseline_of is None else f"{cell.baseline_of} baseline"
         elapsed = time.monotonic() - self.started
@@ -372,9 +387,28 @@ class Progress:
         )
         self.stream.flush()
 
-    def close(self) -> None:
-        self.stream.write("\r" + " " * 79 + "\r")
+    def round_done(self, loop: str, runs: int, offset: int, round_: int, done: int) -> None:
+        """After round ``round_`` of ``runs`` on ``loop``: a line, unless on a terminal."""
+        if self.live:
+            return
+        elapsed = time.monotonic() - self.started
+        self.stream.write(
+            f"{loop}: round {round_}/{runs} done, "
+            f"{offset + done}/{self.total} timed runs, {elapsed:.1f}s\n"
+        )
         self.stream.flush()
+
+    def close(self) -> None:
+        if self.live:
+            self.stream.write("\r" + " " * 79 + "\r")
+            self.stream.flush()
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def run(
@@ -383,8 +417,9 @@ def run(
     contender_names: Sequence[str] | None,
     messages: int,
     runs: int,
-    stream: TextIO = sys.stderr,
+    stream: TextIO | None = None,
 ) -> tuple[list[Result], list[Cell]]:
+    """Measure; progress goes to ``stream`` (default: ``sys.stderr`` at the time of the call)."""
     contenders = available_contenders()
     if contender_names is not None:
         known = {c.name for c in contenders}
@@ -399,7 +434,7 @@ def run(
         contenders.append(next(c for c in available_contenders() if c.name == "asyncio.Queue"))
     all_plans = {loop: plan_cells(scenarios, contenders, loop, messages) for loop in loops}
     total = sum(len(plans) for plans in all_plans.values()) * runs
-    progress = Progress(total, stream)
+    progress = Progress(total, sys.stderr if stream is None else stream)
     offset = 0
     cells: list[Cell] = []
     try:
@@ -407,7 +442,13 @@ def run(
             loop = new_loop(loop_name)
             asyncio.set_event_loop(loop)
             try:
-                measure(plans, loop, runs, functools.partial(progress, offset))
+                measure(
+                    plans,
+                    loop,
+                    runs,
+                    functools.partial(progress, offset),
+                    functools.partial(progress.round_done, loop_name, runs, offset),
+                )
             finally:
                 asyncio.set_event_loop(None)
                 loop.close()
