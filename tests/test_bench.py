@@ -134,3 +134,21 @@ def test_progress_on_a_terminal_is_one_updating_line(monkeypatch, capsys):
     assert written.count("\r") > 2 and "\n" not in written
     assert written.endswith("\r")  # the line is wiped at the end
     assert "\r" not in capsys.readouterr().out
+
+
+def test_json_dash_is_stdout_and_stdout_carries_only_the_json(tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--scenarios", "batch", "--markdown", "--json", "-", *SMALL]) == 0
+    out, err = capfd.readouterr()
+    document = json.loads(out)
+    assert {r["scenario"] for r in document["results"]} == {"batch"}
+    assert not (tmp_path / "-").exists()
+    # The human report is not lost: it goes to stderr.
+    assert err.startswith("CPython ") and "| batch | asyncio.Queue |" in err
+
+
+def test_help_says_what_json_dash_does(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "'-' writes them to stdout" in text and "the report goes to stderr" in text

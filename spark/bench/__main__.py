@@ -2,7 +2,8 @@
 
 Prints a header naming the machine, then, for each scenario, the time per
 message of every contender on every loop and its ratio to the baseline
-measured in the same run (lower is better).
+measured in the same run (lower is better). With ``--json -`` the JSON is
+the only thing on standard output, and that report goes to standard error.
 """
 
 from __future__ import annotations
@@ -63,7 +64,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--messages", type=int, default=None, help="messages per run")
     parser.add_argument("--runs", type=int, default=None, help="timed runs per cell (median)")
-    parser.add_argument("--json", metavar="FILE", help="also write every result and sample here")
+    parser.add_argument(
+        "--json",
+        metavar="FILE",
+        help="also write every result and sample to FILE; '-' writes them to stdout, "
+        "which then carries nothing but the JSON: the report goes to stderr",
+    )
     parser.add_argument("--plot", metavar="FILE.png", help="draw the ratios (needs matplotlib)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown ratio table too")
     parser.add_argument(
@@ -143,13 +149,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not loops:
         print("no event loop to run on", file=sys.stderr)
         return 2
+    # With --json -, stdout carries the JSON alone: everything else goes to stderr.
+    report = sys.stderr if args.json == "-" else sys.stdout
     about = header()
-    print(about)
-    print(f"{args.messages:,} messages per run, median of {args.runs} runs per cell\n")
+    print(about, file=report)
+    print(f"{args.messages:,} messages per run, median of {args.runs} runs per cell\n", file=report)
+    report.flush()
     rows, cells = run_benchmarks(args.scenarios, loops, args.contenders, args.messages, args.runs)
-    print(format_table(rows, loops))
+    print(format_table(rows, loops), file=report)
     if args.markdown:
-        print(format_markdown(rows, loops))
+        print(format_markdown(rows, loops), file=report)
     if args.update_readme:
         command = " ".join(["python -m spark.bench", *(argv if argv is not None else sys.argv[1:])])
         section = "\n".join(
@@ -161,13 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
         )
         update_readme(args.update_readme, section)
-        print(f"results written into {args.update_readme}")
-    if args.json:
-        write_json(args.json, rows, cells, about)
-        print(f"results written to {args.json}")
+        print(f"results written into {args.update_readme}", file=report)
     if args.plot:
         plot(args.plot, rows, loops, about)
-        print(f"chart written to {args.plot}")
+        print(f"chart written to {args.plot}", file=report)
+    if args.json:
+        write_json(args.json, rows, cells, about)
+        if args.json != "-":
+            print(f"results written to {args.json}", file=report)
     return 0
 
 

@@ -310,11 +310,17 @@ def read_json(path: str) -> tuple[str, list[Result]]:
 
 
 def write_json(path: str, rows: Sequence[Result], cells: Sequence[Cell], about: str) -> None:
+    """Every result and sample, as JSON, into the file at ``path`` (``-``: standard output)."""
     document = {
         "machine": about,
         "results": [asdict(r) for r in rows],
         "cells": [asdict(c) for c in cells],
     }
+    if path == "-":
+        json.dump(document, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        return
     with open(path, "w", encoding="utf-8") as out:
         json.dump(document, out, indent=2)
 
