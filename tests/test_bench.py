@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 import statistics
@@ -11,6 +12,7 @@ import sys
 import pytest
 
 from spark.bench.__main__ import README_END, README_START, main
+from spark.bench._runner import Result
 from spark.bench.scenarios import SCENARIOS
 
 SMALL = ["--messages", "300", "--runs", "2", "--loops", "asyncio"]
@@ -152,3 +154,82 @@ def test_help_says_what_json_dash_does(capsys):
         main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "'-' writes them to stdout" in text and "the report goes to stderr" in text
+
+
+def _ratios(**by_scenario: float) -> list[Result]:
+    rows = []
+    for name, ratio in by_scenario.items():
+        scenario = name.replace("_", "-")
+        for loop in ("asyncio", "uvloop"):
+            for contender, value in (
+                ("cython", ratio),
+                ("python", 1 / ratio),
+                ("asyncio.Queue", 1),
+            ):
+                rows.append(
+                    Result(
+                        scenario, contender, loop, 100.0 * value, "asyncio.Queue", 100.0, value, 0.0
+                    )
+                )
+    return rows
+
+
+def test_chart_ticks_are_plain_numbers():
+    pytest.importorskip("matplotlib")
+    from spark.bench._runner import ratio_label
+
+    assert [ratio_label(v) for v in (0.25, 0.5, 1.0, 2.0, 4.0, 1.5)] == [
+        "0.25",
+        "0.5",
+        "1",
+        "2",
+        "4",
+        "1.5",
+    ]
+
+
+def test_chart_bars_grow_from_1_with_plain_ticks_and_separate_labels():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from spark.bench._runner import draw
+
+    rows = _ratios(
+        batch=0.25,
+        alternating=0.3,
+        pipeline_100=0.4,
+        pipeline_1=0.45,
+        ping_pong=0.8,
+        fan_in_4=0.2,
+        bridge=1.5,
+        graph_user=0.5,
+        graph_3=0.6,
+    )
+    figure = draw(rows, ["asyncio", "uvloop"], "a machine")
+    try:
+        figure.canvas.draw()
+        (panel,) = figure.axes
+        bars = panel.patches
+        assert len(bars) == 9 * 2 * 2  # cython and python; asyncio.Queue is the 1 line
+        expected = sorted(r.ratio for r in rows if r.contender != "asyncio.Queue")
+        assert all(bar.get_y() == 1.0 for bar in bars)
+        tops = sorted(bar.get_y() + bar.get_height() for bar in bars)
+        assert tops == pytest.approx(expected)
+        labels = [t.get_text() for t in panel.yaxis.get_majorticklabels()]
+        assert {"0.25", "0.5", "1", "2"} <= set(labels)
+        assert all(re.fullmatch(r"\d+(\.\d+)?", label) for label in labels), labels
+        assert not any(t.get_text() for t in panel.yaxis.get_minorticklabels())
+        renderer = figure.canvas.get_renderer()
+        boxes = [label.get_window_extent(renderer) for label in panel.get_xticklabels()]
+        assert len(boxes) == 18
+        assert not any(a.overlaps(b) for a, b in itertools.pairwise(boxes))
+    finally:
+        plt.close(figure)
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "chart.png"
+    main(["--scenarios", "batch,observer-1", "--plot", str(out), *SMALL])
+    assert out.read_bytes().startswith(b"\x89PNG")

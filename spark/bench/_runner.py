@@ -325,8 +325,83 @@ def write_json(path: str, rows: Sequence[Result], cells: Sequence[Cell], about: 
         json.dump(document, out, indent=2)
 
 
+def ratio_label(value: float, position: object = None) -> str:
+    """A ratio as a plain number for a tick label: 0.25, 0.5, 1, 2 (never 2x10^0)."""
+    return f"{value:g}"
+
+
+def ratio_ticks(low: float, high: float) -> list[float]:
+    """Ticks for a log axis from ``low`` to ``high``: powers of two, or finer round numbers.
+
+    Powers of two (0.25, 0.5, 1, 2, 4) when there are four of them or more;
+    for a narrower range, 1, 1.5, 2, 2.5, 3, 4, 5, 6 and 7.5 times a power of ten.
+    """
+    ticks = [t for t in (2.0**k for k in range(-12, 13)) if low <= t <= high]
+    if len(ticks) < 4:
+        steps = (1, 1.5, 2, 2.5, 3, 4, 5, 6, 7.5)
+        round_numbers = (float(f"{m * 10.0**k:.6g}") for k in range(-4, 5) for m in steps)
+        ticks = [t for t in round_numbers if low <= t <= high]
+    return ticks
+
+
+def draw(rows: Sequence[Result], loops: Sequence[str], about: str) -> Any:
+    """The chart of ``plot`` as a matplotlib Figure: one panel per kind of baseline.
+
+    Each bar grows from the baseline's 1.0 line, up when slower, down when
+    faster, on a log scale: a ratio of 0.25 and one of 4 are as far from 1.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    baselines = list(dict.fromkeys(r.baseline for r in rows))
+    scenarios_of = {
+        b: list(dict.fromkeys(r.scenario for r in rows if r.baseline == b)) for b in baselines
+    }
+    most = max(len(names) * len(loops) for names in scenarios_of.values())
+    # Room for every group of bars; the x labels stand upright, so they cannot run together.
+    figure, panels = plt.subplots(
+        len(baselines),
+        1,
+        figsize=(max(8.0, 3.0 + 0.45 * most), 4.2 * len(baselines)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for panel, baseline in zip([p[0] for p in panels], baselines, strict=True):
+        chosen = [r for r in rows if r.baseline == baseline]
+        # The baseline itself is the 1.0 line, not a bar.
+        contenders = [c for c in dict.fromkeys(r.contender for r in chosen) if c != baseline]
+        groups = [(s, loop) for s in scenarios_of[baseline] for loop in loops]
+        lookup = {(r.scenario, r.contender, r.loop): r.ratio for r in chosen}
+        width = 0.8 / max(len(contenders), 1)
+        for i, contender in enumerate(contenders):
+            xs = [g + i * width for g in range(len(groups))]
+            ratios = [lookup.get((s, contender, loop), float("nan")) for s, loop in groups]
+            panel.bar(xs, [r - 1.0 for r in ratios], width, bottom=1.0, label=contender)
+        panel.axhline(1.0, color="black", linewidth=0.8, label=f"{baseline} = 1")
+        panel.set_yscale("log")
+        shown = [r.ratio for r in chosen] + [1.0]
+        low, high = min(shown) / 1.15, max(shown) * 1.15
+        panel.set_ylim(low, high)
+        panel.yaxis.set_major_locator(FixedLocator(ratio_ticks(low, high)))
+        panel.yaxis.set_major_formatter(FuncFormatter(ratio_label))
+        panel.yaxis.set_minor_locator(NullLocator())
+        panel.yaxis.set_minor_formatter(NullFormatter())
+        panel.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
+        labels = [f"{s} ({loop})" if len(loops) > 1 else s for s, loop in groups]
+        panel.set_xticklabels(labels, fontsize=7, rotation=90)
+        panel.set_xlim(-0.5, len(groups))
+        panel.set_ylabel(f"time / {baseline}", fontsize=8)
+        panel.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
+    figure.suptitle(
+        f"{about}\nratio of time per message to the baseline (log scale, lower is better; "
+        "bars grow from the baseline's 1)",
+        fontsize=8,
+    )
+    return figure
+
+
 def plot(path: str, rows: Sequence[Result], loops: Sequence[str], about: str) -> None:
-    """A grouped bar chart of the ratios, one group per scenario and loop."""
+    """Write the chart of the ratios (``draw``) as a PNG to ``path``."""
     try:
         import matplotlib
 
@@ -336,33 +411,7 @@ def plot(path: str, rows: Sequence[Result], loops: Sequence[str], about: str) ->
         raise SystemExit(
             "--plot needs matplotlib: pip install 'spark-channels[plot]' or matplotlib"
         ) from None
-    # One panel per kind of baseline (asyncio.Queue, the plain channel, ...),
-    # on a log scale: a ratio of 0.25 and one of 4 are as far from 1.
-    baselines = list(dict.fromkeys(r.baseline for r in rows))
-    figure, panels = plt.subplots(
-        len(baselines), 1, figsize=(12, 3.2 * len(baselines)), squeeze=False
-    )
-    for panel, baseline in zip([p[0] for p in panels], baselines, strict=True):
-        chosen = [r for r in rows if r.baseline == baseline]
-        contenders = list(dict.fromkeys(r.contender for r in chosen))
-        groups = [(s, loop) for s in dict.fromkeys(r.scenario for r in chosen) for loop in loops]
-        lookup = {(r.scenario, r.contender, r.loop): r.ratio for r in chosen}
-        width = 0.8 / len(contenders)
-        for i, contender in enumerate(contenders):
-            xs = [g + i * width for g in range(len(groups))]
-            heights = [lookup.get((s, contender, loop), float("nan")) for s, loop in groups]
-            panel.bar(xs, heights, width, label=contender)
-        panel.axhline(1.0, color="black", linewidth=0.8)
-        panel.set_yscale("log")
-        panel.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
-        panel.set_xticklabels([f"{s}\n{loop}" for s, loop in groups], fontsize=7)
-        panel.set_ylabel(f"time / {baseline}", fontsize=8)
-        panel.legend(fontsize=7, ncol=len(contenders))
-    figure.suptitle(
-        f"{about}\nratio of time per message to the baseline (log scale, lower is better)",
-        fontsize=8,
-    )
-    figure.tight_layout()
+    figure = draw(rows, loops, about)
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
