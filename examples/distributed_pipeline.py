@@ -8,8 +8,9 @@ graph's ``channel_factory`` routes the edge into that stage's Redis stream.
 The middle stage is scaled out by starting it twice: both processes read the
 "square" stream as consumers of one group, so each number is squared by one
 of them. With ``--crash``, the first square worker is killed with SIGKILL
-(part-way, or once the work is done) and started again under the same
-consumer name; it first takes back what it held, and nothing is lost.
+0.8 s after the start (``--crash SECONDS``: after SECONDS, part-way or once
+the work is done) and started again under the same consumer name; it first
+takes back what it held, and nothing is lost.
 
 Delivery is at least once, so the collect stage drops duplicates by the
 ``trace_id`` that every stage passes along.
@@ -30,9 +31,9 @@ worker killed after it had taken its shutdown comes back as a third reader of
 a stream holding two, and either takes the other worker's shutdown, which then
 never stops, or waits forever for one.)
 
-Run it with ``python examples/distributed_pipeline.py`` (starts a throwaway
-``redis-server``, which must be installed) or point it at a server with
-``--url redis://host:6379/0``.
+Run it with ``python examples/distributed_pipeline.py [--crash [SECONDS]]``
+(starts a throwaway ``redis-server``, which must be installed) or point it at
+a server with ``--url redis://host:6379/0``.
 """
 
 from __future__ import annotations
@@ -250,7 +251,12 @@ def launch(args: argparse.Namespace, url: str) -> int:
     return 0 if ok else 1
 
 
-def main() -> int:
+CRASH_AFTER = 0.8
+"""Seconds before ``--crash`` with no SECONDS kills a square worker: part-way through
+the default 500 numbers on a typical machine."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="a Redis server (default: start a throwaway one)")
     parser.add_argument("--count", type=int, default=500, help="numbers to square")
@@ -258,13 +264,23 @@ def main() -> int:
     parser.add_argument(
         "--crash",
         type=float,
+        nargs="?",
+        const=CRASH_AFTER,
         default=0.0,
         metavar="SECONDS",
-        help="SIGKILL square worker 0 after this long, then restart it",
+        help=f"SIGKILL square worker 0 after SECONDS (default {CRASH_AFTER:g}), then restart "
+        "it; without --crash, nothing is killed",
     )
     parser.add_argument("--role", choices=["generate", "square", "collect"], help=argparse.SUPPRESS)
     parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.crash < 0:
+        parser.error("--crash SECONDS must not be negative")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
 
     if args.role is not None:
         asyncio.run(run_stage(args.role, args.url, args.index, args.count))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from redis_support import REQUIRE_REDIS, unavailable
 
 from spark.graphs import RunStatus
 
@@ -85,3 +87,51 @@ async def test_graceful_shutdown_example() -> None:
     assert result.status is RunStatus.BUDGET_EXHAUSTED
     assert result.cancelled == []
     assert len(workers[0].handled) == 4  # the first worker finished its backlog in the grace
+
+
+def needs_redis() -> None:
+    """Skip (or, with SPARK_REQUIRE_REDIS, fail) without the redis extra or redis-server."""
+    missing = [name for name in ("redis", "msgspec") if importlib.util.find_spec(name) is None]
+    if missing:
+        unavailable(f"{' and '.join(missing)} not installed")
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server is not installed")
+
+
+def load_distributed() -> ModuleType:
+    if importlib.util.find_spec("redis") is None and not REQUIRE_REDIS:
+        pytest.skip("the redis extra is not installed")
+    return load("distributed_pipeline")
+
+
+def test_distributed_crash_takes_an_optional_number_of_seconds() -> None:
+    example = load_distributed()
+    assert example.parse_args([]).crash == 0.0  # no crash
+    assert example.parse_args(["--crash"]).crash == example.CRASH_AFTER > 0
+    assert example.parse_args(["--crash", "2.5"]).crash == 2.5
+    args = example.parse_args(["--crash", "--count", "10"])
+    assert (args.crash, args.count) == (example.CRASH_AFTER, 10)
+
+
+def test_distributed_help_shows_seconds_as_optional() -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "distributed_pipeline.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--crash [SECONDS]" in result.stdout
+
+
+def test_distributed_crash_without_seconds_runs() -> None:
+    needs_redis()
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "distributed_pipeline.py"), "--count", "200", "--crash"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "killed square worker 0" in result.stdout
+    assert "every number squared exactly once" in result.stdout
