@@ -1,8 +1,14 @@
-"""The examples run as scripts, and their ``main()`` works on every event loop."""
+"""The examples run as scripts, and their ``main()`` works on every event loop.
+
+The README's Python blocks run as written, each on its own.
+"""
 
 from __future__ import annotations
 
+import doctest
 import importlib.util
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +22,7 @@ from redis_support import REQUIRE_REDIS, unavailable
 from spark.graphs import RunStatus
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+README = EXAMPLES.parent / "README.md"
 
 
 def load(name: str) -> ModuleType:
@@ -135,3 +142,55 @@ def test_distributed_crash_without_seconds_runs() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "killed square worker 0" in result.stdout
     assert "every number squared exactly once" in result.stdout
+
+
+def readme_blocks() -> list[Any]:
+    """Every fenced Python block of the README, named by its first line number."""
+    text = README.read_text(encoding="utf-8")
+    return [
+        pytest.param(found.group(1), id=f"README.md:{text.count(chr(10), 0, found.start()) + 1}")
+        for found in re.finditer(r"^```python\n(.*?)^```", text, re.DOTALL | re.MULTILINE)
+    ]
+
+
+README_REDIS_URL = "redis://localhost:6379/0"
+
+
+@pytest.fixture(scope="module")
+def readme_redis_url() -> Any:
+    """A throwaway server (or SPARK_REDIS_URL) for the blocks that name localhost:6379."""
+    needs_redis()
+    from redis_support import redis_server
+
+    yield from redis_server()
+
+
+def test_readme_finds_the_blocks() -> None:
+    assert len(readme_blocks()) >= 4
+
+
+@pytest.mark.parametrize("block", readme_blocks())
+def test_readme_python_block_runs_as_written(
+    block: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if block.lstrip().startswith(">>>"):  # an interactive session: its output must match
+        if "'cython'" in block and importlib.util.find_spec("spark.nodes._channels_c") is None:
+            pytest.skip("shows the compiled core, which is not built here")
+        if os.environ.get("SPARK_NO_EXTENSIONS"):
+            pytest.skip("shows the compiled core, which SPARK_NO_EXTENSIONS turns off")
+        test = doctest.DocTestParser().get_doctest(block, {}, "README", str(README), 0)
+        runner = doctest.DocTestRunner()
+        runner.run(test, out=lambda report: pytest.fail(report, pytrace=False))
+        assert runner.summarize(verbose=False).attempted > 0
+        return
+    if README_REDIS_URL in block:
+        block = block.replace(README_REDIS_URL, request.getfixturevalue("readme_redis_url"))
+    script = tmp_path / "block.py"
+    script.write_text(block, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    # ``print(...)  # what it prints``: the comment is the output the README promises.
+    for promised in re.findall(r"^\s*print\(.*\)\s+# (.+)$", block, re.MULTILINE):
+        assert promised in result.stdout
