@@ -59,7 +59,7 @@ for python in "${pythons[@]}"; do
     "$python" -m venv "$work/venv-$tag"
     "$work/venv-$tag/bin/pip" install --quiet "$wheel[test]"
     # The tests run from a copy, away from the source tree, so `spark` is the installed wheel.
-    rm -rf "$work/run" && mkdir "$work/run" && cp -r tests examples "$work/run/"
+    rm -rf "$work/run" && mkdir "$work/run" && cp -r tests examples README.md "$work/run/"
     (cd "$work/run" && SPARK_REQUIRE_EXTENSIONS=1 "$work/venv-$tag/bin/python" -m pytest tests \
         -q -p no:cacheprovider -x \
         && "$work/venv-$tag/bin/python" -c \

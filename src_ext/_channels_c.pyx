@@ -16,12 +16,13 @@ same steps, in C. What differs is only how it is fast:
 
 cimport cython
 from cpython.dict cimport PyDict_Copy, PyDict_Update
-from cpython.object cimport PyObject, PyTypeObject
+from cpython.object cimport PyObject, PyObject_GenericSetAttr, PyTypeObject
 from cpython.list cimport PyList_GET_ITEM, PyList_New
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.ref cimport Py_DECREF, Py_INCREF, _Py_REFCNT
 
 import asyncio
+import copyreg as _copyreg
 import inspect
 from collections.abc import Mapping as _Mapping
 import types
@@ -33,8 +34,11 @@ from spark.nodes._channel_base import (
     BaseChannel,
     ChannelClosed,
     ChannelStats,
+    check_ack,
+    check_is_shutdown,
     check_max_items,
     check_maxsize,
+    check_metadata,
     check_name,
     check_observer,
     check_observers,
@@ -44,7 +48,27 @@ from spark.nodes._channel_base import (
     schedule_observer_awaitable,
 )
 
+cdef extern from *:
+    """
+    /* An instance Cython makes gets an empty __dict__ at once. The
+       interpreter does not specialize method lookups on an instance that has
+       one (so every channel.send(...) would build a bound method); drop it:
+       the interpreter makes it again when an attribute is first set. */
+    static inline void spark_drop_empty_dict(PyObject *self)
+    {
+        Py_ssize_t offset = Py_TYPE(self)->tp_dictoffset;
+        if (offset > 0) {
+            PyObject **dict = (PyObject **)((char *)self + offset);
+            if (*dict != NULL && PyDict_GET_SIZE(*dict) == 0) {
+                Py_CLEAR(*dict);
+            }
+        }
+    }
+    """
+    void spark_drop_empty_dict(object self)
+
 cdef extern from "Python.h":
+    int _generic_delattr "PyObject_GenericSetAttr" (object o, object name, PyObject* value) except -1
     ctypedef enum PySendResult:
         PYGEN_RETURN
         PYGEN_ERROR
@@ -99,16 +123,24 @@ cdef class ChannelMessage:
     cdef public object payload
     cdef public object metadata
     cdef public object ack
-    cdef public bint is_shutdown
+    cdef public object is_shutdown   # stored as given, as the pure build stores it
 
+    __slots__ = ("payload", "metadata", "ack", "is_shutdown")
     __match_args__ = ("payload", "metadata", "ack", "is_shutdown")
     # The fields as the pure build's dataclass declares them, so that
     # dataclasses.fields(), replace() and asdict() work on this class too.
     __dataclass_fields__ = _channels_py.ChannelMessage.__dataclass_fields__
 
-    def __init__(self, payload, metadata=_MISSING, ack=None, is_shutdown=False):
+    def __init__(self, payload, metadata=None, ack=None, is_shutdown=False):
         self.payload = payload
-        self.metadata = {} if metadata is _MISSING else metadata
+        if type(metadata) is dict:
+            self.metadata = metadata
+        else:
+            self.metadata = {} if metadata is None else check_metadata(metadata)
+        if ack is not None:
+            check_ack(ack)
+        if is_shutdown is not False:
+            check_is_shutdown(is_shutdown)
         self.ack = ack
         self.is_shutdown = is_shutdown
 
@@ -125,12 +157,20 @@ cdef class ChannelMessage:
         cdef ChannelMessage clone = ChannelMessage.__new__(ChannelMessage)
         own = self.metadata
         merged = PyDict_Copy(own) if type(own) is dict else dict(own)
-        if metadata:
-            PyDict_Update(merged, metadata) if type(metadata) is dict else merged.update(metadata)
+        if metadata is not None:
+            PyDict_Update(merged, metadata if type(metadata) is dict else check_metadata(metadata))
+        if ack is _MISSING:
+            ack = self.ack
+        elif ack is not None:
+            check_ack(ack)
+        if is_shutdown is _MISSING:
+            is_shutdown = self.is_shutdown
+        elif is_shutdown is not False:
+            check_is_shutdown(is_shutdown)
         clone.payload = self.payload if payload is _MISSING else payload
         clone.metadata = merged
-        clone.ack = self.ack if ack is _MISSING else ack
-        clone.is_shutdown = self.is_shutdown if is_shutdown is _MISSING else is_shutdown
+        clone.ack = ack
+        clone.is_shutdown = is_shutdown
         return clone
 
     def __reduce__(self):
@@ -479,8 +519,9 @@ cdef class _Op:
                 self._release()
                 raise
         elif not _is_message(self.message):
+            error = not_a_message(self.message)  # before the op lets go of the message
             self._release()
-            raise not_a_message(self.message)
+            raise error
         if channel._closed:
             self._release()
             raise channel._closed_error()
@@ -873,12 +914,37 @@ cdef int _notify_nowait(tuple observers, object channel, object message, str pha
 # -- channels ---------------------------------------------------------------
 
 cdef class _ObservedChannel:
-    """Name, observers and closed flag: what every compiled channel has."""
+    """Name, observers and closed flag: what every compiled channel has.
+
+    Instances take attributes of their own, and their methods can be
+    replaced on the instance (``mock.patch.object``): a channel with one of
+    its class's attributes hidden that way is ``_patched``, and every
+    shortcut (a forwarder's, a node loop's) then goes through its attributes.
+    """
 
     cdef str _name
     cdef tuple _observers
     cdef bint _closed
+    cdef readonly bint _patched
+    cdef dict __dict__
     cdef object __weakref__
+
+    def __cinit__(self, *args, **kwargs):
+        spark_drop_empty_dict(self)
+
+    def __class_getitem__(cls, item):
+        return GenericAlias(cls, item)
+
+    def __setattr__(self, name, value):
+        PyObject_GenericSetAttr(self, name, value)
+        if not self._patched and hasattr(type(self), name):
+            self._patched = True
+
+    def __delattr__(self, name):
+        _generic_delattr(self, name, NULL)
+        kind = type(self)
+        attributes = _channel_base.instance_attributes(self) or ()
+        self._patched = any([hasattr(kind, attribute) for attribute in attributes])
 
     @property
     def name(self):
@@ -1136,6 +1202,27 @@ cdef class InMemoryChannel(_ObservedChannel):
         """Whether a new ``send`` would have to wait."""
         return self._is_full()
 
+    # -- copying --
+
+    def __reduce__(self):
+        return (_copyreg.__newobj__, (type(self),), self.__getstate__())
+
+    def __getstate__(self):
+        """What ``copy.deepcopy`` and ``pickle`` keep (see spark/nodes/_channel_base.py)."""
+        cdef _Ring buffer = self._buffer
+        queued = [
+            <object>PyList_GET_ITEM(buffer.items, (buffer.head + i) & buffer.mask)
+            for i in range(self._receivers_woken, buffer.count)
+        ]
+        return _channel_base.in_memory_state(self, queued)
+
+    def __setstate__(self, state):
+        InMemoryChannel.__init__(self, state["name"], state["maxsize"], state["observers"])
+        for message in state["messages"]:
+            self._enqueue(message)
+        self._closed = state["closed"]
+        _channel_base.restore_attributes(self, state)
+
     def stats(self):
         """A snapshot of the channel's counters."""
         return ChannelStats(
@@ -1196,6 +1283,10 @@ cdef class ForwardingChannel(_ObservedChannel):
             self._fast_downstream = <InMemoryChannel>downstream
         self._defaults = dict(metadata_defaults) if metadata_defaults else None
 
+    cdef inline bint _goes_direct(self) noexcept:
+        """Whether to use downstream's own ops: it is our InMemoryChannel, not patched."""
+        return self._fast_downstream is not None and not self._fast_downstream._patched
+
     @property
     def downstream(self):
         """The channel that receives what is sent here."""
@@ -1234,7 +1325,7 @@ cdef class ForwardingChannel(_ObservedChannel):
     def send(self, message):
         """Send the enriched message to ``downstream``, waiting while it is full."""
         cdef _Op op
-        if self._fast_downstream is not None:
+        if self._goes_direct():
             op = _new_op(self._fast_downstream, OP_SEND)
             op.forwarder = self
             op.message = message
@@ -1250,7 +1341,7 @@ cdef class ForwardingChannel(_ObservedChannel):
     def send_nowait(self, message):
         """Send the enriched message to ``downstream`` now, or raise ``asyncio.QueueFull``."""
         enriched = self._enrich(message)
-        if self._fast_downstream is not None:
+        if self._goes_direct():
             self._fast_downstream._send_nowait(enriched)
         else:
             self._downstream.send_nowait(enriched)
@@ -1260,7 +1351,7 @@ cdef class ForwardingChannel(_ObservedChannel):
     def receive(self):
         """Receive from ``downstream``."""
         cdef _Op op
-        if self._fast_downstream is not None:
+        if self._goes_direct():
             # downstream's own op, which also tells this forwarder's observers,
             # those it has once the message is taken
             op = _new_op(self._fast_downstream, OP_RECEIVE)
@@ -1290,7 +1381,7 @@ cdef class ForwardingChannel(_ObservedChannel):
 
     def __anext__(self):
         cdef _Op op
-        if self._fast_downstream is not None:  # as receive(), ending the iteration on close
+        if self._goes_direct():  # as receive(), ending the iteration on close
             op = _new_op(self._fast_downstream, OP_ANEXT)
             op.forwarder = self
             return op
@@ -1322,6 +1413,22 @@ cdef class ForwardingChannel(_ObservedChannel):
     def stats(self):
         """The statistics of ``downstream``."""
         return self._downstream.stats()
+
+    # -- copying --
+
+    def __reduce__(self):
+        return (_copyreg.__newobj__, (type(self),), self.__getstate__())
+
+    def __getstate__(self):
+        """What ``copy.deepcopy`` and ``pickle`` keep (see spark/nodes/_channel_base.py)."""
+        return _channel_base.forwarding_state(self, self._defaults)
+
+    def __setstate__(self, state):
+        ForwardingChannel.__init__(
+            self, state["downstream"], state["name"], state["metadata_defaults"], state["observers"]
+        )
+        self._closed = state["closed"]
+        _channel_base.restore_attributes(self, state)
 
 
 BaseChannel.register(InMemoryChannel)

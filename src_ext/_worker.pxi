@@ -56,6 +56,13 @@ cdef class WorkerState:
     cdef public Py_ssize_t failed
     cdef public object binding
 
+    def __reduce__(self):
+        """A copy keeps the counters; it is in no run, not stopped, not receiving."""
+        return (WorkerState, (), (self.processed, self.failed))
+
+    def __setstate__(self, state):
+        self.processed, self.failed = state
+
 
 cdef inline bint _result_is_awaitable(object value) except -1:
     """Whether ``Node.go`` would await what ``process`` returned (``_is_awaitable`` there)."""
@@ -71,6 +78,7 @@ cdef inline ChannelMessage _envelope(object payload, dict metadata):
     cdef ChannelMessage message = ChannelMessage.__new__(ChannelMessage)
     message.payload = payload
     message.metadata = metadata
+    message.is_shutdown = False  # ack is None already, as every field a new object has
     return message
 
 
@@ -115,17 +123,24 @@ cdef bint _deliver_now(object channel, object payload, str source, object trace_
     if type(channel) is ForwardingChannel:
         forwarder = <ForwardingChannel>channel
         target = forwarder._fast_downstream
-        if target is None or forwarder._closed or forwarder._observers:
+        if target is None or forwarder._closed or forwarder._observers or forwarder._patched:
             return False
         defaults = forwarder._defaults
     elif type(channel) is InMemoryChannel:
         target = <InMemoryChannel>channel
     else:
         return False
-    if target._observers or target._closed or target._is_full():
+    if target._observers or target._closed or target._patched or target._is_full():
         return False
     target._enqueue(_envelope(payload, _tracing(defaults, source, trace_id, timestamp)))
     return True
+
+
+cdef object _receiving(InMemoryChannel mailbox):
+    """What the loop awaits for its next message: the mailbox's own op, or its patched receive()."""
+    if mailbox._patched:
+        return mailbox.receive()
+    return _new_op(mailbox, OP_RECEIVE)
 
 
 async def run_worker(node, WorkerState state, InMemoryChannel mailbox, shutdowns, bint custom_emit):
@@ -138,7 +153,7 @@ async def run_worker(node, WorkerState state, InMemoryChannel mailbox, shutdowns
     cdef tuple channels
     cdef Py_ssize_t i
     while not state.stop_requested:
-        if mailbox._buffer.count > mailbox._receivers_woken and not mailbox._observers:
+        if mailbox._buffer.count > mailbox._receivers_woken and not (mailbox._observers or mailbox._patched):
             message = mailbox._dequeue()
             if mailbox._senders.count:
                 mailbox._wake_senders()
@@ -146,7 +161,7 @@ async def run_worker(node, WorkerState state, InMemoryChannel mailbox, shutdowns
             message = payload = result = None  # hold nothing of the last message while waiting
             state.receiving = True
             try:
-                message = await _new_op(mailbox, OP_RECEIVE)
+                message = await _receiving(mailbox)
             except ChannelClosed:
                 state.receiving = False
                 if not state.stop_requested:

@@ -147,9 +147,10 @@ def test_envelope_can_be_subclassed_and_sent(impl):
     assert pickle.loads(pickle.dumps(impl.ChannelMessage(1))) == impl.ChannelMessage(1)
 
 
-def test_explicit_none_metadata_is_kept_as_given(impl):
+def test_none_metadata_is_an_empty_dict(impl):
     message = impl.ChannelMessage(1, None)
-    assert message.metadata is None
+    assert message.metadata == {} and type(message.metadata) is dict
+    assert impl.ChannelMessage(2).metadata is not impl.ChannelMessage(3).metadata
     forwarded = impl.InMemoryChannel()
     impl.ForwardingChannel(forwarded, metadata_defaults={"a": 1}).send_nowait(message)
     assert forwarded.receive_nowait().metadata == {"a": 1}

@@ -234,7 +234,7 @@ async def test_default_go_processes_sends_then_acknowledges() -> None:
     received = drain(b.mailbox)
     assert [m.payload for m in received] == [42, None]
     assert [m.is_shutdown for m in received] == [False, True]
-    assert a.processed == 1 and a.failed == 0
+    assert a.stats().processed == 1 and a.stats().failed == 0
 
 
 async def test_sync_and_async_process_both_work() -> None:
@@ -256,7 +256,7 @@ async def test_default_process_passes_payloads_through_and_none_sends_nothing() 
     assert [m.payload for m in drain(keep_odd.mailbox)] == [0, 1, 2, 3, None]
     await run_until_done(keep_odd, *(ChannelMessage(payload=n) for n in range(4)), shutdown())
     assert [m.payload for m in drain(sink.mailbox)] == [1, 3, None]
-    assert keep_odd.processed == 4
+    assert keep_odd.stats().processed == 4
 
 
 async def test_process_error_is_logged_and_the_worker_goes_on(
@@ -276,7 +276,7 @@ async def test_process_error_is_logged_and_the_worker_goes_on(
         await run_until_done(node, *(message(n) for n in range(4)), shutdown())
     assert [m.payload for m in drain(sink.mailbox)] == [0, 1, 3, None]
     assert acks == [0, 1, 3]  # the failed message is not acknowledged
-    assert (node.processed, node.failed) == (3, 1)
+    assert (node.stats().processed, node.stats().failed) == (3, 1)
     [record] = [r for r in caplog.records if r.name == "spark.nodes"]
     assert "'picky'" in record.getMessage() and "dead_letter" in record.getMessage()
     assert record.exc_info is not None and isinstance(record.exc_info[1], ValueError)
@@ -294,7 +294,7 @@ async def test_failed_messages_go_to_the_dead_letter_channel_with_the_error() ->
     assert failed.metadata["error_type"] == "ValueError"
     assert failed.metadata["failed_node"] == "checker"
     assert original.metadata == {"trace_id": "t-1"}  # the incoming message is untouched
-    assert node.failed == 1
+    assert node.stats().failed == 1
 
 
 async def test_a_failing_send_counts_as_a_failure_not_a_crash() -> None:
@@ -303,7 +303,7 @@ async def test_a_failing_send_counts_as_a_failure_not_a_crash() -> None:
     a >> b
     b.mailbox.close()
     await run_until_done(a, ChannelMessage(payload=1), shutdown())
-    assert (a.processed, a.failed) == (0, 1)
+    assert (a.stats().processed, a.stats().failed) == (0, 1)
     assert drain(dead)[0].metadata["error_type"] == "ChannelClosed"
 
 
@@ -314,7 +314,7 @@ async def test_a_failing_ack_is_logged(caplog: pytest.LogCaptureFixture) -> None
     node = Node(name="acker")
     with caplog.at_level(logging.ERROR, logger="spark.nodes"):
         await run_until_done(node, ChannelMessage(payload=1, ack=ack), shutdown())
-    assert node.processed == 1
+    assert node.stats().processed == 1
     assert any("'acker'" in r.getMessage() and "ack" in r.getMessage() for r in caplog.records)
 
 
@@ -520,7 +520,7 @@ async def test_stop_lets_the_message_in_hand_finish_and_leaves_the_rest() -> Non
     a.stop()
     await asyncio.wait_for(worker, 10)
     assert [m.payload for m in drain(b.mailbox)] == [0]
-    assert a.processed == 1
+    assert a.stats().processed == 1
     assert [m.payload for m in drain(a.mailbox) if not m.is_shutdown] == [1, 2]
 
 

@@ -115,7 +115,7 @@ async def test_graph_stop_wakes_workers_on_redis_mailboxes(redis_url: str) -> No
         task = Task(inputs=[NodeMessage(1)], type=TaskType.LONG_RUNNING, grace_seconds=5)
         running = asyncio.ensure_future(graph.run(task))
         for _ in range(200):
-            if first.processed and second.processed:
+            if first.stats().processed and second.stats().processed:
                 break
             await asyncio.sleep(0.01)
         started = asyncio.get_running_loop().time()

@@ -121,12 +121,12 @@ async def test_a_full_successor_makes_the_loop_wait_and_keeps_the_order_of_sends
     # b has it, c is full, and d must not get it before c
     assert [m.payload for m in drain(b.mailbox)] == [1]
     assert d.mailbox.empty()
-    assert a.processed == 0
+    assert a.stats().processed == 0
     assert c.mailbox.receive_nowait().payload == "in the way"
     await settle()
     assert [m.payload for m in drain(c.mailbox)] == [1]
     assert [m.payload for m in drain(d.mailbox)] == [1]
-    assert a.processed == 1
+    assert a.stats().processed == 1
     a.stop()
     await asyncio.wait_for(worker, 10)
 
@@ -148,7 +148,7 @@ async def test_counters_are_exact_while_process_runs() -> None:
 
     class Counting(Node):
         def process(self, payload: Any) -> Any:
-            seen.append(self.processed)
+            seen.append(self.stats().processed)
             if payload == "bad":
                 raise ValueError(payload)
             return None
@@ -159,7 +159,7 @@ async def test_counters_are_exact_while_process_runs() -> None:
     await node.mailbox.send(shutdown())
     await asyncio.wait_for(node.go(), 10)
     assert seen == [0, 1, 2, 2]
-    assert (node.processed, node.failed) == (3, 1)
+    assert (node.stats().processed, node.stats().failed) == (3, 1)
 
 
 async def test_stop_from_process_ends_the_drain_after_that_message() -> None:
@@ -175,7 +175,7 @@ async def test_stop_from_process_ends_the_drain_after_that_message() -> None:
         a.mailbox.send_nowait(ChannelMessage(n))
     await asyncio.wait_for(a.go(), 10)
     assert [m.payload for m in drain(b.mailbox)] == [0, 1, 2]
-    assert a.processed == 3
+    assert a.stats().processed == 3
     left = [m.payload for m in drain(a.mailbox) if not m.is_shutdown]
     assert left == [3, 4]
 
@@ -342,7 +342,7 @@ async def test_an_idle_worker_holds_nothing_of_its_last_message(returns: str) ->
     del payload
     worker = asyncio.create_task(node.go())
     await settle()
-    assert node.processed == 1 and node._receiving
+    assert node.stats().processed == 1 and node._receiving
     gc.collect()
     assert watch() is None
     node.mailbox.close()
@@ -365,7 +365,7 @@ async def test_a_result_that_declares_itself_not_awaitable_is_sent() -> None:
     await a.mailbox.send(shutdown())
     await asyncio.wait_for(a.go(), 10)
     assert drain(b.mailbox)[0].payload is value
-    assert (a.processed, a.failed) == (1, 0)
+    assert (a.stats().processed, a.stats().failed) == (1, 0)
 
 
 async def test_source_node_is_the_id_the_node_was_made_with() -> None:

@@ -57,7 +57,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from time import monotonic
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import (
@@ -93,6 +93,8 @@ __all__ = [
     "PickleCodec",
     "RedisStreamChannel",
 ]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("spark.channels.redis")
 
@@ -241,7 +243,7 @@ class _Ack:
 
     __slots__ = ("_channel", "_entry_id")
 
-    def __init__(self, channel: RedisStreamChannel, entry_id: bytes) -> None:
+    def __init__(self, channel: RedisStreamChannel[Any], entry_id: bytes) -> None:
         self._channel = channel
         self._entry_id = entry_id
 
@@ -304,7 +306,7 @@ def _check_text(name: str, value: object) -> str:
     return value
 
 
-class RedisStreamChannel(BaseChannel):
+class RedisStreamChannel(BaseChannel[T]):
     """A channel over a Redis stream and consumer group; see the module docstring.
 
     ``name`` names the stream (the key is ``{key_prefix}stream:{name}``),
@@ -520,7 +522,7 @@ class RedisStreamChannel(BaseChannel):
             metadata = {k: v for k, v in metadata.items() if k not in _RECEIVER_KEYS}
         return self._codec.encode(message.payload, metadata, message.is_shutdown)
 
-    async def send(self, message: ChannelMessage[Any]) -> None:
+    async def send(self, message: ChannelMessage[T]) -> None:
         """Append ``message`` to the stream; return once Redis holds it.
 
         Waits while the group's backlog is at ``maxlen``. Raises
@@ -545,7 +547,7 @@ class RedisStreamChannel(BaseChannel):
         if self._observers:
             await self._notify_observers(message, "send")
 
-    def send_nowait(self, message: ChannelMessage[Any]) -> None:
+    def send_nowait(self, message: ChannelMessage[T]) -> None:
         """Queue ``message`` for the background writer, or raise ``asyncio.QueueFull``.
 
         Full means ``buffer_size`` messages are queued, or (with ``maxlen``)
@@ -566,7 +568,7 @@ class RedisStreamChannel(BaseChannel):
         if self._observers:
             self._notify_observers_nowait(message, "send")
 
-    async def send_many(self, messages: Iterable[ChannelMessage[Any]]) -> None:
+    async def send_many(self, messages: Iterable[ChannelMessage[T]]) -> None:
         """Send every message, in order, in as few round trips as possible.
 
         Every message is encoded before any is queued, so a ``TypeError``
@@ -694,7 +696,7 @@ class RedisStreamChannel(BaseChannel):
 
     # -- receiving -------------------------------------------------------
 
-    async def receive(self) -> ChannelMessage[Any]:
+    async def receive(self) -> ChannelMessage[T]:
         """Return the next message, waiting for one.
 
         Raises ``ChannelClosed`` once the channel is closed. Errors talking to
@@ -711,7 +713,7 @@ class RedisStreamChannel(BaseChannel):
             await self._notify_observers(message, "receive")
         return message
 
-    def receive_nowait(self) -> ChannelMessage[Any]:
+    def receive_nowait(self) -> ChannelMessage[T]:
         """Return a prefetched message now, or raise ``asyncio.QueueEmpty``."""
         if self._closed:
             raise self._closed_error()
@@ -722,7 +724,7 @@ class RedisStreamChannel(BaseChannel):
             self._notify_observers_nowait(message, "receive")
         return message
 
-    async def receive_many(self, max_items: int) -> list[ChannelMessage[Any]]:
+    async def receive_many(self, max_items: int) -> list[ChannelMessage[T]]:
         """Wait for at least one message, then return up to ``max_items`` already fetched."""
         check_max_items(max_items)
         while True:
@@ -1233,7 +1235,7 @@ class RedisStreamChannel(BaseChannel):
         if returned:
             logger.debug("channel %r: handed %d entries back to the group", self._name, returned)
 
-    async def __aenter__(self) -> RedisStreamChannel:
+    async def __aenter__(self) -> RedisStreamChannel[Any]:
         return self
 
     async def __aexit__(

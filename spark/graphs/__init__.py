@@ -1,7 +1,7 @@
 """Graphs: run connected nodes once or as long-running workers."""
 
 from ._graph import Graph
-from ._result import RunResult, RunStatus
+from ._result import PerNode, RunResult, RunStatus
 from ._run import ChannelFactory
 from ._task import Budget, NodeMessage, Task, TaskInput, TaskType
 
@@ -10,6 +10,7 @@ __all__ = [
     "ChannelFactory",
     "Graph",
     "NodeMessage",
+    "PerNode",
     "RunResult",
     "RunStatus",
     "Task",

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from spark.nodes import Edge, Node, _channels_py
+from spark.nodes._channel_base import is_patched
 from spark.nodes._node import RunBinding
 from spark.nodes._shutdown import stop_request
 from spark.nodes.channels import (
@@ -21,14 +22,14 @@ from spark.nodes.channels import (
     ObserverCallable,
 )
 
-from ._result import RunResult, RunStatus
+from ._result import PerNode, RunResult, RunStatus
 from ._task import Task, TaskType
 
 __all__ = ["ChannelFactory", "GraphRun"]
 
 logger = logging.getLogger("spark.graphs")
 
-ChannelFactory = Callable[[Edge], BaseChannel]
+ChannelFactory = Callable[[Edge], BaseChannel[Any]]
 """Makes the channel an edge uses during a run; it must deliver into ``edge.target.mailbox``."""
 
 GRAPH_SOURCE = "graph"
@@ -70,7 +71,7 @@ class GraphRun:
         self._outputs: list[Any] = []
         self._outputs_by_node: dict[str, list[Any]] = {}
         self._received: dict[str, int] = {}
-        self._observers: list[tuple[BaseChannel, ObserverCallable]] = []
+        self._observers: list[tuple[BaseChannel[Any], ObserverCallable]] = []
         self._bound: list[Node] = []
         self._counts_before: dict[str, tuple[int, int]] = {}
         self._pending: dict[str, int] = {}
@@ -128,13 +129,13 @@ class GraphRun:
             node._binding = binding
             self._bound.append(node)
             node._stop_flag = False
-            self._counts_before[node.id] = (node.processed, node.failed)
+            self._counts_before[node.id] = (node._state.processed, node._state.failed)
             if type(node).go is not Node.go:
                 observer = self._receipt_counter(node.id)
                 node.mailbox.add_observer(observer)
                 self._observers.append((node.mailbox, observer))
 
-    def _edge_channel(self, edge: Edge) -> BaseChannel:
+    def _edge_channel(self, edge: Edge) -> BaseChannel[Any]:
         if edge.channel is not None:
             return edge.channel
         if self._channel_factory is None:
@@ -169,7 +170,7 @@ class GraphRun:
         counts = self._received
         counts[node_id] = 0
 
-        def count(message: ChannelMessage[Any], channel: BaseChannel, phase: str) -> None:
+        def count(message: ChannelMessage[Any], channel: BaseChannel[Any], phase: str) -> None:
             if phase == "receive" and not message.is_shutdown:
                 counts[node_id] += 1
 
@@ -186,7 +187,9 @@ class GraphRun:
         mailbox = self._start.mailbox
         # What fits into a pure in-memory mailbox without observers goes in
         # without an await (its send would not wait either); the rest waits.
-        quick: Any = mailbox if type(mailbox) is _channels_py.InMemoryChannel else None
+        quick: Any = None
+        if type(mailbox) is _channels_py.InMemoryChannel and not is_patched(mailbox):
+            quick = mailbox
         for message in messages:
             if quick is not None and not quick._observers:
                 try:
@@ -282,7 +285,7 @@ class GraphRun:
         """Counters that change whenever any node does something."""
         counters: list[int] = []
         for node in self._nodes:
-            counters += (node.processed, node.failed, self._received.get(node.id, 0))
+            counters += (node._state.processed, node._state.failed, self._received.get(node.id, 0))
             try:
                 stats = node.mailbox.stats()
             except NotImplementedError:
@@ -368,19 +371,22 @@ class GraphRun:
             if node.id in self._received:
                 processed[node.id] = self._received[node.id]
             else:
-                processed[node.id] = node.processed - processed_before
-            failed[node.id] = node.failed - failed_before
+                processed[node.id] = node._state.processed - processed_before
+            failed[node.id] = node._state.failed - failed_before
         outputs_by_node: dict[str, list[Any]] = {
             node.id: [] for node in self._nodes if not node.edges
         }
         outputs_by_node.update(self._outputs_by_node)
+        names = {node.id: node.name for node in self._nodes}
         return RunResult(
             status=outcome.status,
             outputs=self._outputs,
-            outputs_by_node=outputs_by_node,
-            processed=processed,
-            failed=failed,
-            pending={key: count for key, count in self._pending.items() if count >= 0},
+            outputs_by_node=PerNode(outputs_by_node.items(), names),
+            processed=PerNode(processed.items(), names),
+            failed=PerNode(failed.items(), names),
+            pending=PerNode(
+                ((key, count) for key, count in self._pending.items() if count >= 0), names
+            ),
             cancelled=list(self._cancelled),
             error=outcome.error,
             failed_node=outcome.node,
@@ -407,14 +413,14 @@ def _node_idle(node: Node, worker: asyncio.Task[None]) -> bool:
     return stats.size == 0 and stats.receivers_waiting > 0
 
 
-async def _send_quietly(mailbox: BaseChannel, message: ChannelMessage[Any]) -> None:
+async def _send_quietly(mailbox: BaseChannel[Any], message: ChannelMessage[Any]) -> None:
     try:
         await mailbox.send(message)
     except ChannelClosed:
         pass
 
 
-def _remove_stale_shutdowns(mailbox: BaseChannel) -> int:
+def _remove_stale_shutdowns(mailbox: BaseChannel[Any]) -> int:
     """Take leftover shutdown messages out of ``mailbox``; return how many messages remain.
 
     Data messages keep their order. Nothing is touched while a task outside

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ._channel_base import BaseChannel
 
+T = TypeVar("T")
 
-class QueueBridge:
+
+class QueueBridge(Generic[T]):
     """Lets code written for ``asyncio.Queue`` use a channel.
+
+    ``T`` is the type of the items: ``QueueBridge[Order](channel)``.
 
     ``put`` wraps an item in a ``ChannelMessage``; ``get`` returns the
     payload of the next message. Full and empty are reported with
@@ -23,11 +27,13 @@ class QueueBridge:
     * ``task_done``/``join`` count the items put through this bridge, as
       ``asyncio.Queue`` counts its own puts; messages sent to the channel by
       other means are not counted.
+    * ``copy.deepcopy`` and ``pickle`` copy the bridge with its channel and
+      its count of unfinished items.
     """
 
     __slots__ = ("_channel", "_finished", "_message_type", "_unfinished")
 
-    def __init__(self, channel: BaseChannel, *, message_type: type | None = None) -> None:
+    def __init__(self, channel: BaseChannel[T], *, message_type: type | None = None) -> None:
         if not isinstance(channel, BaseChannel):
             raise TypeError(f"QueueBridge wraps a channel, got {type(channel).__name__}")
         if message_type is None:
@@ -41,11 +47,11 @@ class QueueBridge:
         self._finished.set()
 
     @property
-    def channel(self) -> BaseChannel:
+    def channel(self) -> BaseChannel[T]:
         """The wrapped channel."""
         return self._channel
 
-    async def put(self, item: Any) -> None:
+    async def put(self, item: T) -> None:
         """Send ``item`` as a message's payload, waiting while the channel is full."""
         self._add_unfinished()
         try:
@@ -54,18 +60,18 @@ class QueueBridge:
             self._remove_unfinished()
             raise
 
-    def put_nowait(self, item: Any) -> None:
+    def put_nowait(self, item: T) -> None:
         """Send ``item`` now, or raise ``asyncio.QueueFull``."""
         self._channel.send_nowait(self._message_type(item))
         if not self._unfinished:  # _add_unfinished() inlined: the hot path of a bridge
             self._finished.clear()
         self._unfinished += 1
 
-    async def get(self) -> Any:
+    async def get(self) -> T:
         """Return the next message's payload, waiting while the channel is empty."""
         return (await self._channel.receive()).payload
 
-    def get_nowait(self) -> Any:
+    def get_nowait(self) -> T:
         """Return the next message's payload now, or raise ``asyncio.QueueEmpty``."""
         return self._channel.receive_nowait().payload
 
@@ -106,6 +112,19 @@ class QueueBridge:
         self._unfinished -= 1
         if self._unfinished == 0:
             self._finished.set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "channel": self._channel,
+            "message_type": self._message_type,
+            "unfinished": self._unfinished,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        QueueBridge.__init__(self, state["channel"], message_type=state["message_type"])
+        self._unfinished = state["unfinished"]
+        if self._unfinished:
+            self._finished.clear()
 
     def __repr__(self) -> str:
         return f"<QueueBridge over {self._channel!r} unfinished={self._unfinished}>"

@@ -29,8 +29,11 @@ from ._channel_base import (
     ChannelClosed,
     ChannelStats,
     ObserverCallable,
+    check_ack,
+    check_is_shutdown,
     check_max_items,
     check_maxsize,
+    check_metadata,
     not_a_message,
     register_message_type,
 )
@@ -50,7 +53,7 @@ class _Missing:
 _MISSING: Any = _Missing()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class ChannelMessage(Generic[T]):
     """The envelope every channel carries.
 
@@ -58,12 +61,36 @@ class ChannelMessage(Generic[T]):
     routing information; ``ack``, when set, is awaited by the receiver once
     the message is handled; ``is_shutdown`` asks the receiver to stop.
     A message without ``ack`` can be pickled.
+
+    ``metadata`` is stored as a dict (``None`` gives an empty one, another
+    mapping is copied into one). ``TypeError`` is raised for metadata that
+    is not a mapping, an ``ack`` that is not callable, or an ``is_shutdown``
+    that is not a bool.
     """
 
     payload: T
     metadata: dict[str, Any] = field(default_factory=dict)
     ack: Callable[[], Awaitable[None]] | None = None
     is_shutdown: bool = False
+
+    def __init__(
+        self,
+        payload: T,
+        metadata: Mapping[str, Any] | None = None,
+        ack: Callable[[], Awaitable[None]] | None = None,
+        is_shutdown: bool = False,
+    ) -> None:
+        self.payload = payload
+        if type(metadata) is dict:
+            self.metadata = metadata
+        else:
+            self.metadata = {} if metadata is None else check_metadata(metadata)
+        if ack is not None:
+            check_ack(ack)
+        if is_shutdown is not False:
+            check_is_shutdown(is_shutdown)
+        self.ack = ack
+        self.is_shutdown = is_shutdown
 
     def clone(
         self,
@@ -80,8 +107,8 @@ class ChannelMessage(Generic[T]):
         metadata dict is changed.
         """
         merged = dict(self.metadata)
-        if metadata:
-            merged.update(metadata)
+        if metadata is not None:
+            merged.update(check_metadata(metadata))
         return ChannelMessage(
             self.payload if payload is _MISSING else payload,
             merged,
@@ -96,7 +123,7 @@ class ChannelMessage(Generic[T]):
 register_message_type(ChannelMessage)
 
 
-class InMemoryChannel(BaseChannel):
+class InMemoryChannel(BaseChannel[T]):
     """A channel inside one event loop, unbounded or bounded by ``maxsize``.
 
     Guarantees:
@@ -139,7 +166,7 @@ class InMemoryChannel(BaseChannel):
         # Whether a send must check for room or for close: one test on the
         # path of an open unbounded channel.
         self._guarded = bool(self._maxsize)
-        self._buffer: deque[ChannelMessage[Any]] = deque()
+        self._buffer: deque[ChannelMessage[T]] = deque()
         # Futures of blocked tasks, oldest first. A future's result is True
         # when it was woken with a promise, False when woken by close().
         self._receivers: deque[asyncio.Future[bool]] = deque()
@@ -162,7 +189,7 @@ class InMemoryChannel(BaseChannel):
 
     # -- sending ---------------------------------------------------------
 
-    async def send(self, message: ChannelMessage[Any]) -> None:
+    async def send(self, message: ChannelMessage[T]) -> None:
         """Enqueue ``message``, waiting while the channel is full.
 
         Raises ``ChannelClosed`` if the channel is closed before the message
@@ -182,7 +209,7 @@ class InMemoryChannel(BaseChannel):
         if self._observers:
             await self._notify_observers(message, "send")
 
-    def send_nowait(self, message: ChannelMessage[Any]) -> None:
+    def send_nowait(self, message: ChannelMessage[T]) -> None:
         """Enqueue ``message`` now, or raise ``asyncio.QueueFull``.
 
         Works from synchronous code; an awaitable returned by an observer is
@@ -235,7 +262,7 @@ class InMemoryChannel(BaseChannel):
 
     # -- receiving -------------------------------------------------------
 
-    async def receive(self) -> ChannelMessage[Any]:
+    async def receive(self) -> ChannelMessage[T]:
         """Return the next message, waiting while the channel is empty.
 
         Raises ``ChannelClosed`` once the channel is closed and drained. If
@@ -257,7 +284,7 @@ class InMemoryChannel(BaseChannel):
             await self._notify_observers(message, "receive")
         return message
 
-    def receive_nowait(self) -> ChannelMessage[Any]:
+    def receive_nowait(self) -> ChannelMessage[T]:
         """Return the next message now, or raise ``asyncio.QueueEmpty``.
 
         Raises ``ChannelClosed`` instead once the channel is closed and drained.
@@ -282,7 +309,7 @@ class InMemoryChannel(BaseChannel):
             self._notify_observers_nowait(message, "receive")
         return message
 
-    async def receive_many(self, max_items: int) -> list[ChannelMessage[Any]]:
+    async def receive_many(self, max_items: int) -> list[ChannelMessage[T]]:
         """Wait for at least one message, then return up to ``max_items``, in order."""
         check_max_items(max_items)
         batch = [await self._wait_for_message()]
@@ -299,7 +326,7 @@ class InMemoryChannel(BaseChannel):
                 await self._notify_observers(message, "receive")
         return batch
 
-    async def _wait_for_message(self) -> ChannelMessage[Any]:
+    async def _wait_for_message(self) -> ChannelMessage[T]:
         """Take the oldest message, waiting for a promise of one if none is queued."""
         if len(self._buffer) > self._receivers_woken:
             return self._take_queued()  # promised ones are ahead, but one is free
@@ -322,7 +349,7 @@ class InMemoryChannel(BaseChannel):
         self._receivers_woken -= 1
         return self._buffer.popleft()
 
-    def _take_queued(self) -> ChannelMessage[Any]:
+    def _take_queued(self) -> ChannelMessage[T]:
         """Dequeue the oldest message while more are buffered than promised."""
         self._note_size()
         return self._buffer.popleft()
@@ -396,8 +423,23 @@ class InMemoryChannel(BaseChannel):
     def _closed_error(self) -> ChannelClosed:
         return ChannelClosed(f"channel {self._name!r} is closed")
 
+    # -- copying ---------------------------------------------------------
 
-class ForwardingChannel(BaseChannel):
+    def __getstate__(self) -> dict[str, Any]:
+        """What ``copy.deepcopy`` and ``pickle`` keep: see ``restore_in_memory``."""
+        return _base.in_memory_state(self, list(self._buffer)[self._receivers_woken :])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        InMemoryChannel.__init__(self, state["name"], state["maxsize"], state["observers"])
+        for message in state["messages"]:
+            self._buffer.append(message)
+        self._unseen = len(self._buffer)
+        if state["closed"]:
+            self._closed = self._guarded = True
+        _base.restore_attributes(self, state)
+
+
+class ForwardingChannel(BaseChannel[T]):
     """A named entry into another channel that adds default metadata.
 
     Each message sent through it reaches ``downstream`` as a copy whose
@@ -414,7 +456,7 @@ class ForwardingChannel(BaseChannel):
 
     def __init__(
         self,
-        downstream: BaseChannel,
+        downstream: BaseChannel[T],
         name: str | None = None,
         metadata_defaults: Mapping[str, Any] | None = None,
         observers: Iterable[ObserverCallable] | None = None,
@@ -432,7 +474,7 @@ class ForwardingChannel(BaseChannel):
         self._defaults = dict(metadata_defaults) if metadata_defaults else None
 
     @property
-    def downstream(self) -> BaseChannel:
+    def downstream(self) -> BaseChannel[T]:
         """The channel that receives what is sent here."""
         return self._downstream
 
@@ -441,7 +483,7 @@ class ForwardingChannel(BaseChannel):
         """A copy of the metadata added to each message."""
         return dict(self._defaults or {})
 
-    def _enrich(self, message: ChannelMessage[Any]) -> ChannelMessage[Any]:
+    def _enrich(self, message: ChannelMessage[T]) -> ChannelMessage[T]:
         if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
             raise not_a_message(message)
         if self._closed:
@@ -457,35 +499,35 @@ class ForwardingChannel(BaseChannel):
             message.is_shutdown,
         )
 
-    async def send(self, message: ChannelMessage[Any]) -> None:
+    async def send(self, message: ChannelMessage[T]) -> None:
         """Send the enriched message to ``downstream``, waiting while it is full."""
         enriched = self._enrich(message)
         await self._downstream.send(enriched)
         if self._observers:
             await self._notify_observers(enriched, "send")
 
-    def send_nowait(self, message: ChannelMessage[Any]) -> None:
+    def send_nowait(self, message: ChannelMessage[T]) -> None:
         """Send the enriched message to ``downstream`` now, or raise ``asyncio.QueueFull``."""
         enriched = self._enrich(message)
         self._downstream.send_nowait(enriched)
         if self._observers:
             self._notify_observers_nowait(enriched, "send")
 
-    async def receive(self) -> ChannelMessage[Any]:
+    async def receive(self) -> ChannelMessage[T]:
         """Receive from ``downstream``."""
         message = await self._downstream.receive()
         if self._observers:
             await self._notify_observers(message, "receive")
         return message
 
-    def receive_nowait(self) -> ChannelMessage[Any]:
+    def receive_nowait(self) -> ChannelMessage[T]:
         """Receive from ``downstream`` now, or raise ``asyncio.QueueEmpty``."""
         message = self._downstream.receive_nowait()
         if self._observers:
             self._notify_observers_nowait(message, "receive")
         return message
 
-    async def receive_many(self, max_items: int) -> list[ChannelMessage[Any]]:
+    async def receive_many(self, max_items: int) -> list[ChannelMessage[T]]:
         """Receive up to ``max_items`` from ``downstream``, waiting for at least one."""
         batch = await self._downstream.receive_many(max_items)
         if self._observers:
@@ -509,6 +551,19 @@ class ForwardingChannel(BaseChannel):
     def stats(self) -> ChannelStats:
         """The statistics of ``downstream``."""
         return self._downstream.stats()
+
+    # -- copying ---------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What ``copy.deepcopy`` and ``pickle`` keep: see ``forwarding_state``."""
+        return _base.forwarding_state(self, self._defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        ForwardingChannel.__init__(
+            self, state["downstream"], state["name"], state["metadata_defaults"], state["observers"]
+        )
+        self._closed = state["closed"]
+        _base.restore_attributes(self, state)
 
 
 def _discard(waiters: deque[asyncio.Future[Any]], future: asyncio.Future[Any]) -> None:

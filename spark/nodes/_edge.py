@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .channels import BaseChannel
 
@@ -25,7 +25,7 @@ class Edge:
 
     source: Node
     target: Node
-    channel: BaseChannel | None = None
+    channel: BaseChannel[Any] | None = None
 
     @property
     def id(self) -> str:

@@ -15,13 +15,14 @@ from typing import Any, TypeVar
 from uuid import uuid4
 
 from . import _channels_py
+from ._channel_base import is_patched
 from ._edge import Edge
 from ._shutdown import ShutdownCounter, is_stop_request, stop_request
 from ._worker import Route, compiled_loop, new_state, routes
 from .channels import BaseChannel, ChannelClosed, ChannelMessage, InMemoryChannel
 from .config import NodeConfig
 
-__all__ = ["Node", "RunBinding"]
+__all__ = ["Node", "NodeStats", "RunBinding"]
 
 logger = logging.getLogger("spark.nodes")
 
@@ -61,17 +62,32 @@ N = TypeVar("N", bound="Node")
 _PyInMemory = _channels_py.InMemoryChannel
 
 
+@dataclass(frozen=True)
+class NodeStats:
+    """A snapshot of a node's counters, taken by ``Node.stats()``."""
+
+    processed: int
+    """Messages the default ``go()`` processed successfully, over the node's life."""
+    failed: int
+    """Messages whose processing failed in the default ``go()``, over the node's life."""
+
+
+def _check_identity(what: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"a node's {what} must be a non-empty str, got {value!r}")
+
+
 @dataclass(frozen=True, eq=False)
 class RunBinding:
     """What a graph run tells each of its nodes while it lasts."""
 
-    channels: Mapping[Edge, BaseChannel]
+    channels: Mapping[Edge, BaseChannel[Any]]
     """The channel to send through for each outgoing edge."""
     predecessors: frozenset[str]
     """The ids of the nodes in the run with an edge into this one."""
     on_output: Callable[[Any], None] | None
     """Receives what a sink node emits; ``None`` for a node with successors."""
-    outgoing: Sequence[BaseChannel] = ()
+    outgoing: Sequence[BaseChannel[Any]] = ()
     """``channels``' values in the order of the node's edges, looked up once per run."""
 
 
@@ -87,7 +103,7 @@ class Node:
     def __init__(
         self,
         config: NodeConfig | None = None,
-        mailbox: BaseChannel | None = None,
+        mailbox: BaseChannel[Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if config is None:
@@ -103,8 +119,9 @@ class Node:
             )
         if kwargs:
             config = replace(config, **kwargs)
-        node_id = config.id or uuid4().hex
-        name = config.name or f"{type(self).__name__}-{node_id[:8]}"
+        # A subclass may have set its id or name before calling this.
+        node_id = config.id or getattr(self, "_id", None) or uuid4().hex
+        name = config.name or getattr(self, "_name", None) or f"{type(self).__name__}-{node_id[:8]}"
         self._id = node_id
         self._name = name
         self.config = replace(config, id=node_id, name=name)
@@ -114,7 +131,7 @@ class Node:
             raise TypeError(
                 f"mailbox must be a channel (a BaseChannel) or None, got {type(mailbox).__name__}"
             )
-        self.mailbox: BaseChannel = mailbox
+        self.mailbox: BaseChannel[Any] = mailbox
         """Where this node receives its messages."""
         self._state = new_state(mailbox)
         self._edges: list[Edge] = []
@@ -124,23 +141,36 @@ class Node:
 
     @property
     def id(self) -> str:
-        """The node's unique id."""
+        """The node's unique id; it can be set while the node is in no graph run."""
         return self._id
+
+    @id.setter
+    def id(self, value: str) -> None:
+        _check_identity("id", value)
+        if getattr(self, "_state", None) is not None and self._state.binding is not None:
+            raise RuntimeError(
+                f"the id of node {self._name!r} cannot change during a graph run; "
+                "set it before Graph.run() or after the run ends"
+            )
+        self._id = value
+        if hasattr(self, "config"):
+            self.config = replace(self.config, id=value)
 
     @property
     def name(self) -> str:
-        """The node's readable name, used in logs."""
+        """The node's readable name, used in logs and in run results; it can be set."""
         return self._name
 
-    @property
-    def processed(self) -> int:
-        """Messages the default ``go()`` has processed successfully, over the node's life."""
-        return int(self._state.processed)
+    @name.setter
+    def name(self, value: str) -> None:
+        _check_identity("name", value)
+        self._name = value
+        if hasattr(self, "config"):
+            self.config = replace(self.config, name=value)
 
-    @property
-    def failed(self) -> int:
-        """Messages whose processing failed in the default ``go()``, over the node's life."""
-        return int(self._state.failed)
+    def stats(self) -> NodeStats:
+        """A snapshot of the node's counters, over its life (run results count per run)."""
+        return NodeStats(processed=int(self._state.processed), failed=int(self._state.failed))
 
     @property
     def _stop_flag(self) -> bool:
@@ -170,7 +200,7 @@ class Node:
 
     # -- edges -----------------------------------------------------------
 
-    def connect(self, target: Node, *, channel: BaseChannel | None = None) -> Edge:
+    def connect(self, target: Node, *, channel: BaseChannel[Any] | None = None) -> Edge:
         """Add an edge from this node to ``target`` and return it.
 
         ``channel``, if given, is what this node sends through to reach
@@ -250,7 +280,7 @@ class Node:
         mailbox = self.mailbox
         # A queued message is taken without an await from a pure in-memory
         # mailbox without observers (whose receive would not wait either).
-        takes_nowait = type(mailbox) is _PyInMemory
+        takes_nowait = type(mailbox) is _PyInMemory and not is_patched(mailbox)
         edges = self._edges
         source = self._id
         binding: RunBinding | None = None
@@ -418,7 +448,7 @@ class Node:
     def _tracing_metadata(self, parent: ChannelMessage[Any] | None) -> dict[str, Any]:
         return {"source_node": self._id, "trace_id": _trace_id(parent), "timestamp": _monotonic()}
 
-    def _outgoing_channels(self) -> Sequence[BaseChannel]:
+    def _outgoing_channels(self) -> Sequence[BaseChannel[Any]]:
         binding = self._state.binding
         if binding is not None and len(binding.outgoing) == len(self._edges):
             return binding.outgoing  # no edge was added since the run began

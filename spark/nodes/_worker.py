@@ -8,7 +8,9 @@ messages without awaiting, and awaits only where ``Node.go`` would wait.
 ``Route`` is the pure loop's shortcut for the common edge: when a send
 would enqueue at once (into a pure ``InMemoryChannel``, or through a pure
 ``ForwardingChannel`` into one, without observers, open and with room), it
-enqueues the message itself, building its metadata once.
+enqueues the message itself, building its metadata once. A channel with
+methods replaced on the instance (``mock.patch.object``) when the route is
+made is always sent to through its ``send``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _channels_py
+from ._channel_base import is_patched
 from .channels import IMPLEMENTATION, BaseChannel, ChannelMessage
 
 if TYPE_CHECKING:
@@ -42,6 +45,14 @@ class PyWorkerState:
         self.binding: RunBinding | None = None
         """The graph run the node is part of, or ``None``."""
 
+    def __getstate__(self) -> tuple[int, int]:
+        """A copy keeps the counters; it is in no run, not stopped, not receiving."""
+        return (self.processed, self.failed)
+
+    def __setstate__(self, state: tuple[int, int]) -> None:
+        self.__init__()  # type: ignore[misc]
+        self.processed, self.failed = state
+
 
 WorkerLoop = Callable[["Node", Any, Any, Any, bool], Coroutine[Any, Any, None]]
 
@@ -61,7 +72,7 @@ else:
     _compiled_mailbox = None
 
 
-def new_state(mailbox: BaseChannel) -> PyWorkerState:
+def new_state(mailbox: BaseChannel[Any]) -> PyWorkerState:
     """The state of a node with ``mailbox``: compiled for the compiled loop, else pure.
 
     Each loop reads its own kind fastest (C fields, or slots the interpreter
@@ -75,6 +86,8 @@ def compiled_loop(node: Node) -> WorkerLoop | None:
     """The compiled loop, when it can run ``node``: its mailbox and state are compiled."""
     if _run_worker is None or type(node.mailbox) is not _compiled_mailbox:
         return None
+    if is_patched(node.mailbox):
+        return None  # Node.go uses its attributes
     if type(node._state) is not WorkerState:
         return None
     return _run_worker
@@ -98,7 +111,7 @@ class Route:
 
     __slots__ = ("channel", "forwarder", "message_type", "target", "template")
 
-    def __init__(self, channel: BaseChannel) -> None:
+    def __init__(self, channel: BaseChannel[Any]) -> None:
         self.channel = channel
         self.forwarder: Any = None
         self.target: Any = None
@@ -106,7 +119,13 @@ class Route:
         self.message_type: type = ChannelMessage
         """The envelope class of what is sent along: the pure one into a pure mailbox."""
         defaults: dict[str, Any] | None = None
-        if type(channel) is _PyForwarding and type(channel._downstream) is _PyInMemory:
+        if is_patched(channel):
+            pass  # used through its attributes only
+        elif (
+            type(channel) is _PyForwarding
+            and type(channel._downstream) is _PyInMemory
+            and not is_patched(channel._downstream)
+        ):
             self.forwarder = channel
             self.target = channel._downstream
             defaults = channel._defaults
@@ -157,5 +176,5 @@ class Route:
         return True
 
 
-def routes(channels: Sequence[BaseChannel]) -> list[Route]:
+def routes(channels: Sequence[BaseChannel[Any]]) -> list[Route]:
     return [Route(channel) for channel in channels]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .channels import BaseChannel
 
@@ -28,7 +29,7 @@ class NodeConfig:
     Informational: the graph's ``TaskType`` decides how a run proceeds."""
     mailbox_maxsize: int = 0
     """The bound of the default mailbox; 0 means unbounded. Unused when a mailbox is given."""
-    dead_letter: BaseChannel | None = None
+    dead_letter: BaseChannel[Any] | None = None
     """Where the default ``go()`` sends messages whose processing failed, with the error in
     their metadata; failed messages are only logged when it is ``None``."""
 
