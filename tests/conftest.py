@@ -10,7 +10,8 @@
   once; edges follow their target's mailbox.
 * An ``async def`` test runs once on the default asyncio loop and once on
   uvloop, each in a fresh loop, with a time limit, and must not leave a task
-  running behind it.
+  running behind it; except a test marked ``@pytest.mark.asyncio``, which
+  pytest-asyncio runs, as it runs users' tests.
 """
 
 from __future__ import annotations
@@ -107,6 +108,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("asyncio") is not None:
+        return
     if inspect.iscoroutinefunction(metafunc.function):
         metafunc.fixturenames.append("loop_name")
         metafunc.parametrize("loop_name", list(LOOPS))
@@ -137,6 +140,8 @@ def run_on_loop(loop_name: str, coroutine: Any, timeout: float) -> Any:
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     function = pyfuncitem.obj
+    if pyfuncitem.get_closest_marker("asyncio") is not None:
+        return None
     if not inspect.iscoroutinefunction(function):
         return None
     marker = pyfuncitem.get_closest_marker("timeout_s")
