@@ -1207,14 +1207,17 @@ cdef class InMemoryChannel(_ObservedChannel):
     def __reduce__(self):
         return (_copyreg.__newobj__, (type(self),), self.__getstate__())
 
-    def __getstate__(self):
-        """What ``copy.deepcopy`` and ``pickle`` keep (see spark/nodes/_channel_base.py)."""
+    def _queued(self):
+        """The queued messages, oldest first (not those promised to woken receivers)."""
         cdef _Ring buffer = self._buffer
-        queued = [
+        return [
             <object>PyList_GET_ITEM(buffer.items, (buffer.head + i) & buffer.mask)
             for i in range(self._receivers_woken, buffer.count)
         ]
-        return _channel_base.in_memory_state(self, queued)
+
+    def __getstate__(self):
+        """What ``copy.deepcopy`` and ``pickle`` keep (see spark/nodes/_channel_base.py)."""
+        return _channel_base.in_memory_state(self, self._queued())
 
     def __setstate__(self, state):
         InMemoryChannel.__init__(self, state["name"], state["maxsize"], state["observers"])

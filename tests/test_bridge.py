@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import types
+import unittest
+from collections import deque
+from typing import TypeVar
 
 import pytest
 
-from spark.nodes.channels import ChannelClosed, QueueBridge
+from spark.nodes.channels import BaseChannel, ChannelClosed, QueueBridge
 
 
 async def test_put_wraps_and_get_unwraps(impl):
@@ -106,3 +111,113 @@ def test_default_message_type_is_the_selected_build():
 def test_refuses_what_is_not_a_channel():
     with pytest.raises(TypeError, match="wraps a channel"):
         QueueBridge(asyncio.Queue())
+
+
+# -- CPython's own tests of asyncio.Queue, run on a bridge ------------------
+
+QUEUE_TEST_CASES = (
+    "QueueBasicTests",
+    "QueueGetTests",
+    "QueuePutTests",
+    "QueueJoinTests",
+    "QueueShutdownTests",  # Python 3.13+
+)
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 11),
+    reason="3.10's suite binds the queue's loop through asyncio internals (_get_loop)",
+)
+def test_cpython_asyncio_queue_suite_passes_on_a_bridge(impl, monkeypatch):
+    """All of it but ``test_float_maxsize``: a channel's bound is an int."""
+    suite_module = pytest.importorskip("test.test_asyncio.test_queues")
+    payload = TypeVar("payload")
+
+    class Queue(QueueBridge[payload]):  # named so, as the suite's reprs expect
+        def __init__(self, maxsize: int = 0) -> None:
+            super().__init__(
+                impl.InMemoryChannel(maxsize=maxsize), message_type=impl.ChannelMessage
+            )
+
+    bridged_asyncio = types.ModuleType("asyncio")
+    bridged_asyncio.__dict__.update(vars(asyncio))
+    bridged_asyncio.Queue = Queue
+    monkeypatch.setattr(suite_module, "asyncio", bridged_asyncio)
+    suite = unittest.TestSuite()
+    for name in QUEUE_TEST_CASES:
+        case = getattr(suite_module, name, None)
+        if case is None:
+            continue
+        if hasattr(case, "q_class"):
+            monkeypatch.setattr(case, "q_class", Queue)
+        suite.addTests(unittest.TestLoader().loadTestsFromTestCase(case))
+    outcome = unittest.TestResult()
+    suite.run(outcome)
+    failed = {
+        test.id().rsplit(".", 1)[-1]: trace for test, trace in outcome.failures + outcome.errors
+    }
+    assert set(failed) <= {"test_float_maxsize"}, "\n".join(failed.values())
+    assert outcome.testsRun >= 30 and not outcome.skipped
+
+
+async def test_shutdown_fails_puts_and_then_gets_once_drained(impl):
+    queue = impl.QueueBridge(impl.InMemoryChannel(maxsize=1))
+    queue.put_nowait("kept")
+    blocked_put = asyncio.ensure_future(queue.put("refused"))
+    await asyncio.sleep(0)
+    assert len(queue._putters) == 1
+    queue.shutdown()
+    with pytest.raises(ChannelClosed) as refused:
+        await blocked_put
+    if sys.version_info >= (3, 13):
+        assert isinstance(refused.value, asyncio.QueueShutDown)
+    assert queue._putters == deque() and "shutdown" in repr(queue)
+    with pytest.raises(ChannelClosed):
+        queue.put_nowait("late")
+    assert await queue.get() == "kept"
+    with pytest.raises(ChannelClosed):
+        await queue.get()
+    queue.task_done()
+    await asyncio.wait_for(queue.join(), 1)
+
+
+async def test_immediate_shutdown_drops_what_is_queued_and_counts_it_done(impl):
+    queue = impl.QueueBridge(impl.InMemoryChannel())
+    for item in range(3):
+        queue.put_nowait(item)
+    assert queue.get_nowait() == 0
+    queue.shutdown(immediate=True)
+    assert queue.qsize() == 0
+    queue.task_done()  # the one taken; the two dropped count as done
+    await asyncio.wait_for(queue.join(), 1)
+    with pytest.raises(ValueError):
+        queue.task_done()
+
+
+async def test_waiting_gets_are_listed_while_they_wait(impl):
+    queue = impl.QueueBridge(impl.InMemoryChannel())
+    getters = [asyncio.ensure_future(queue.get()) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert len(queue._getters) == 2 and "_getters[2]" in repr(queue)
+    getters[0].cancel()
+    await asyncio.sleep(0)
+    queue.put_nowait("x")
+    assert await getters[1] == "x"
+    assert len(queue._getters) == 0 and getters[0].cancelled()
+
+
+async def test_a_channel_that_cannot_say_it_is_empty_still_bridges(impl):
+    class Minimal(BaseChannel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.items: deque = deque()
+
+        async def send(self, message):
+            self.items.append(message)
+
+        async def receive(self):
+            return self.items.popleft()
+
+    queue = QueueBridge(Minimal(), message_type=impl.ChannelMessage)
+    await queue.put(1)
+    assert await queue.get() == 1

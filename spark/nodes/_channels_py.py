@@ -425,9 +425,13 @@ class InMemoryChannel(BaseChannel[T]):
 
     # -- copying ---------------------------------------------------------
 
+    def _queued(self) -> list[ChannelMessage[T]]:
+        """The queued messages, oldest first (not those promised to woken receivers)."""
+        return list(self._buffer)[self._receivers_woken :]
+
     def __getstate__(self) -> dict[str, Any]:
-        """What ``copy.deepcopy`` and ``pickle`` keep: see ``restore_in_memory``."""
-        return _base.in_memory_state(self, list(self._buffer)[self._receivers_woken :])
+        """What ``copy.deepcopy`` and ``pickle`` keep (see ``in_memory_state``)."""
+        return _base.in_memory_state(self, self._queued())
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         InMemoryChannel.__init__(self, state["name"], state["maxsize"], state["observers"])
