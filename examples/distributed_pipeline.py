@@ -137,7 +137,7 @@ async def run_stage(role: str, url: str, index: int, count: int) -> None:
         node = Stage("collect", mailbox=mailbox)
         outputs = {}
 
-    def channel_factory(edge: Edge) -> BaseChannel:
+    def channel_factory(edge: Edge) -> BaseChannel[Any]:
         return outputs[edge.target.name]
 
     graph = Graph(start=node, channel_factory=channel_factory)

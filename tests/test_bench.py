@@ -149,6 +149,14 @@ def test_json_dash_is_stdout_and_stdout_carries_only_the_json(tmp_path, monkeypa
     assert err.startswith("CPython ") and "| batch | asyncio.Queue |" in err
 
 
+def test_plot_dash_is_refused_before_measuring(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as refused:
+        main(["--scenarios", "batch", "--plot", "-", *SMALL])
+    assert refused.value.code == 2 and "a file name" in capsys.readouterr().err
+    assert not (tmp_path / "-").exists()
+
+
 def test_help_says_what_json_dash_does(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -95,6 +95,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.runs = QUICK_RUNS if args.quick else FULL_RUNS
     if args.messages < 1 or args.runs < 1:
         parser.error("--messages and --runs must be at least 1")
+    if args.plot == "-":
+        parser.error("--plot needs a file name: the chart is a PNG image")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
