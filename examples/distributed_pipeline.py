@@ -106,15 +106,15 @@ class Square(Stage):
         return {"n": payload, "square": payload * payload, "worker": self.worker}
 
 
-def stream(url: str, stage: str, **options: Any) -> RedisStreamChannel:
+def stream(url: str, stage: str, **options: Any) -> RedisStreamChannel[Any]:
     """The channel into ``stage``: the stream is named after it, and so is its group."""
     return RedisStreamChannel(stage, url=url, group=stage, **options)
 
 
 async def run_stage(role: str, url: str, index: int, count: int) -> None:
-    channels: list[RedisStreamChannel] = []
+    channels: list[RedisStreamChannel[Any]] = []
 
-    def opened(channel: RedisStreamChannel) -> RedisStreamChannel:
+    def opened(channel: RedisStreamChannel[Any]) -> RedisStreamChannel[Any]:
         channels.append(channel)
         return channel
 
