@@ -108,7 +108,7 @@ class ChannelMessage(Generic[T]):
         """
         merged = dict(self.metadata)
         if metadata is not None:
-            merged.update(check_metadata(metadata))
+            merged.update(metadata if type(metadata) is dict else check_metadata(metadata))
         return ChannelMessage(
             self.payload if payload is _MISSING else payload,
             merged,
