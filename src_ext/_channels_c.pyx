@@ -130,6 +130,7 @@ cdef class ChannelMessage:
     # The fields as the pure build's dataclass declares them, so that
     # dataclasses.fields(), replace() and asdict() work on this class too.
     __dataclass_fields__ = _channels_py.ChannelMessage.__dataclass_fields__
+    __dataclass_params__ = _channels_py.ChannelMessage.__dataclass_params__
 
     def __init__(self, payload, metadata=None, ack=None, is_shutdown=False):
         self.payload = payload
@@ -161,11 +162,11 @@ cdef class ChannelMessage:
             PyDict_Update(merged, metadata if type(metadata) is dict else check_metadata(metadata))
         if ack is _MISSING:
             ack = self.ack
-        elif ack is not None:
+        if ack is not None and not callable(ack):
             check_ack(ack)
         if is_shutdown is _MISSING:
             is_shutdown = self.is_shutdown
-        elif is_shutdown is not False:
+        if is_shutdown is not False and is_shutdown is not True:
             check_is_shutdown(is_shutdown)
         clone.payload = self.payload if payload is _MISSING else payload
         clone.metadata = merged
@@ -173,8 +174,15 @@ cdef class ChannelMessage:
         clone.is_shutdown = is_shutdown
         return clone
 
+    def __post_init__(self):
+        """The checks of ``__init__``, for a dataclass subclass's generated one."""
+        if type(self.metadata) is not dict:
+            self.metadata = check_metadata(self.metadata)
+        check_ack(self.ack)
+        check_is_shutdown(self.is_shutdown)
+
     def __reduce__(self):
-        return (type(self), (self.payload, self.metadata, self.ack, self.is_shutdown))
+        return _channel_base.reduce_message(self)
 
     def __eq__(self, other):
         if type(other) is not type(self):
@@ -207,7 +215,17 @@ cdef ChannelMessage _with_metadata(object message, object metadata):
     copy.ack = message.ack
     copy.is_shutdown = message.is_shutdown
     copy.metadata = metadata
+    _check_copied(copy)
     return copy
+
+
+cdef inline int _check_copied(ChannelMessage message) except -1:
+    """What the pure build's constructor checks of a message's copied fields."""
+    if message.ack is not None and not callable(message.ack):
+        check_ack(message.ack)
+    if message.is_shutdown is not False and message.is_shutdown is not True:
+        check_is_shutdown(message.is_shutdown)
+    return 0
 
 
 # -- ring buffer ----------------------------------------------------------
@@ -935,7 +953,20 @@ cdef class _ObservedChannel:
     def __class_getitem__(cls, item):
         return GenericAlias(cls, item)
 
+    @property
+    def __orig_class__(self):
+        # InMemoryChannel[Order]() would store the alias in the instance's
+        # dict, and a channel with a dict is slower to call methods on; a
+        # generic alias skips that when it cannot be set.
+        raise AttributeError("__orig_class__")
+
     def __setattr__(self, name, value):
+        if getattr(value, "__self__", None) is self and _is_own_method(self, name, value):
+            # Putting back the class's own method (as pytest's monkeypatch
+            # undoes a patch): the instance has nothing of its own there.
+            if name in (_channel_base.instance_attributes(self) or ()):
+                self.__delattr__(name)
+            return
         PyObject_GenericSetAttr(self, name, value)
         if not self._patched and hasattr(type(self), name):
             self._patched = True
@@ -1165,6 +1196,9 @@ cdef class InMemoryChannel(_ObservedChannel):
         return op
 
     def __anext__(self):
+        if self._patched or type(self) is not InMemoryChannel:
+            if _receives_its_own_way(self, InMemoryChannel):
+                return _anext_through_receive(self)
         return _new_op(self, OP_ANEXT)
 
     # -- state --
@@ -1323,6 +1357,7 @@ cdef class ForwardingChannel(_ObservedChannel):
         copy.metadata = merged
         copy.ack = (<ChannelMessage>message).ack
         copy.is_shutdown = (<ChannelMessage>message).is_shutdown
+        _check_copied(copy)
         return copy
 
     def send(self, message):
@@ -1384,6 +1419,9 @@ cdef class ForwardingChannel(_ObservedChannel):
 
     def __anext__(self):
         cdef _Op op
+        if self._patched or type(self) is not ForwardingChannel:
+            if _receives_its_own_way(self, ForwardingChannel):
+                return _anext_through_receive(self)
         if self._goes_direct():  # as receive(), ending the iteration on close
             op = _new_op(self._fast_downstream, OP_ANEXT)
             op.forwarder = self
@@ -1436,6 +1474,28 @@ cdef class ForwardingChannel(_ObservedChannel):
 
 BaseChannel.register(InMemoryChannel)
 BaseChannel.register(ForwardingChannel)
+_channel_base.register_flagged_type(_ObservedChannel)
+
+
+cdef bint _is_own_method(object channel, str name, object value) except -1:
+    """Whether ``value`` is ``channel.<name>`` as its class defines it, bound to it."""
+    defined = getattr(type(channel), name, None)
+    getter = getattr(type(defined), "__get__", None)
+    return getter is not None and value == getter(defined, channel, type(channel))
+
+
+cdef bint _receives_its_own_way(object channel, type base) except -1:
+    """Whether ``channel.receive`` is not ``base``'s: replaced on the instance, or overridden."""
+    own = getattr(channel, "receive")
+    return getattr(own, "__self__", None) is not channel or getattr(type(channel), "receive") is not getattr(base, "receive")
+
+
+async def _anext_through_receive(channel):
+    """``async for`` over a channel whose ``receive`` is not the class's own."""
+    try:
+        return await channel.receive()
+    except ChannelClosed:
+        raise StopAsyncIteration from None
 
 
 include "_worker.pxi"

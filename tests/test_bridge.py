@@ -221,3 +221,16 @@ async def test_a_channel_that_cannot_say_it_is_empty_still_bridges(impl):
     queue = QueueBridge(Minimal(), message_type=impl.ChannelMessage)
     await queue.put(1)
     assert await queue.get() == 1
+
+
+async def test_immediate_shutdown_fails_gets_already_promised_a_message(impl):
+    queue = impl.QueueBridge(impl.InMemoryChannel())
+    getters = [asyncio.ensure_future(queue.get()) for _ in range(2)]
+    await asyncio.sleep(0)
+    for item in "abc":
+        queue.put_nowait(item)  # a and b are promised to the blocked gets
+    queue.shutdown(immediate=True)
+    outcomes = await asyncio.gather(*getters, return_exceptions=True)
+    assert all(isinstance(outcome, ChannelClosed) for outcome in outcomes), outcomes
+    assert queue._unfinished_tasks == 0 and queue.qsize() == 0
+    await asyncio.wait_for(queue.join(), 1)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import importlib.util
 import pickle
 import re
@@ -187,8 +188,11 @@ def test_name_and_id_are_settable_and_update_the_config(node_build: Any) -> None
     assert (node.config.name, node.config.id) == ("second-name", "second")
 
 
-@pytest.mark.parametrize("attribute", ["name", "id"])
-@pytest.mark.parametrize("bad", ["", 5, None, b"bytes"])
+@pytest.mark.parametrize(
+    ("attribute", "bad"),
+    [(attribute, bad) for attribute in ("name", "id") for bad in ("", 5, b"bytes")]
+    + [("id", None)],
+)
 def test_name_and_id_must_be_non_empty_strings(
     node_build: Any, attribute: str, bad: object
 ) -> None:
@@ -197,6 +201,15 @@ def test_name_and_id_must_be_non_empty_strings(
         setattr(node, attribute, bad)
     assert (node.id, node.name) == ("kept", "kept")
     assert (node.config.id, node.config.name) == ("kept", "kept")
+
+
+def test_setting_no_name_keeps_the_nodes_name(node_build: Any) -> None:
+    class Named(Node):
+        def __init__(self, name: str | None = None) -> None:
+            super().__init__(id="n1")
+            self.name = name  # a subclass passing its argument on
+
+    assert Named().name == "Named-n1" and Named("given").name == "given"
 
 
 async def test_the_id_cannot_change_during_a_run_but_the_name_can(node_build: Any) -> None:
@@ -916,3 +929,162 @@ def test_a_subclass_without_receive_cannot_be_made() -> None:
 def test_a_maxsize_that_is_not_an_int_is_a_clear_type_error(impl: Any, maxsize: object) -> None:
     with pytest.raises(TypeError, match=f"maxsize must be an int, got {type(maxsize).__name__}"):
         impl.InMemoryChannel(maxsize=maxsize)
+
+
+# == found by review: more ways users meet the drop-in =====================
+
+
+def picklable(cls: type, build: Any) -> Any:
+    """``cls`` made findable by pickle: a module-level name, one per build."""
+    name = f"{cls.__name__}_{build.name}"
+    cls.__name__ = cls.__qualname__ = name
+    cls.__module__ = __name__
+    globals()[name] = cls
+    return cls
+
+
+class OnlySendReceive(BaseChannel):
+    """A custom channel as D8 allows: no empty(), no stats()."""
+
+    def __init__(self) -> None:
+        super().__init__(name="minimal")
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def send(self, message: Any) -> None:
+        await self.queue.put(message)
+
+    async def receive(self) -> Any:
+        return await self.queue.get()
+
+
+async def test_a_graph_runs_with_a_mailbox_that_has_only_send_and_receive(
+    node_build: Any,
+) -> None:
+    first, second = Double(), Double(mailbox=OnlySendReceive())
+    first >> second
+    result = await Graph(first).run(Task(inputs=[NodeMessage(1), NodeMessage(2)]))
+    assert result.status is RunStatus.COMPLETED and sorted(result.outputs) == [4, 8]
+
+
+async def test_async_for_uses_a_patched_receive(impl: Any) -> None:
+    inner = impl.InMemoryChannel()
+    forwarder = impl.ForwardingChannel(inner)
+    for channel in (inner, forwarder):
+        inner.send_nowait(impl.ChannelMessage("real"))
+        fake = mock.AsyncMock(return_value=impl.ChannelMessage("patched"))
+        with mock.patch.object(channel, "receive", fake):
+            async for message in channel:
+                assert message.payload == "patched"
+                break
+        assert fake.await_count == 1
+        assert inner.receive_nowait().payload == "real"  # left where it was
+
+
+async def test_async_for_uses_a_subclass_receive(impl: Any) -> None:
+    seen: list[Any] = []
+
+    class Logged(impl.InMemoryChannel):  # type: ignore[name-defined]
+        async def receive(self) -> Any:
+            message = await super().receive()
+            seen.append(message.payload)
+            return message
+
+    channel = Logged()
+    channel.send_nowait(impl.ChannelMessage(1))
+    channel.close()
+    assert [message.payload async for message in channel] == [1]
+    assert seen == [1]
+
+
+def test_putting_the_class_method_back_is_no_patch(impl: Any) -> None:
+    from spark.nodes._channel_base import is_patched
+
+    channel = impl.InMemoryChannel()
+    original = channel.send
+    with pytest.MonkeyPatch.context() as patcher:
+        patcher.setattr(channel, "send", mock.AsyncMock())
+        assert is_patched(channel)
+    # monkeypatch's undo sets the bound method it saved on the instance
+    assert channel.send == original and not is_patched(channel)
+
+
+def test_a_typed_channel_keeps_no_instance_dict(impl: Any) -> None:
+    from spark.nodes._channel_base import instance_attributes
+
+    channel = impl.InMemoryChannel[int]()
+    assert instance_attributes(channel) is None
+    assert getattr(channel, "__orig_class__", None) is None
+
+
+def test_a_dataclass_subclass_of_channel_message(impl: Any) -> None:
+    @dataclasses.dataclass
+    class Job(impl.ChannelMessage):  # type: ignore[name-defined]
+        priority: int = 0
+
+    Job = picklable(Job, impl)
+
+    job = Job(1, {"k": 1}, priority=9)
+    assert Job(2).metadata == {} and Job(3, None).metadata == {}
+    for copied in (pickle.loads(pickle.dumps(job)), copy.deepcopy(job)):
+        assert type(copied) is Job and copied == job and copied.priority == 9
+    with pytest.raises(TypeError, match="ack"):
+        Job(1, ack=5)
+    with pytest.raises(TypeError, match="metadata"):
+        Job(1, metadata=[1])
+
+
+def test_channel_message_subclasses_pickle_with_their_own_attributes(impl: Any) -> None:
+    class Tagged(impl.ChannelMessage):  # type: ignore[name-defined]
+        def __init__(self, payload: Any, tag: str) -> None:
+            super().__init__(payload)
+            self.tag = tag
+
+    class Ranked(impl.ChannelMessage):  # type: ignore[name-defined]
+        __slots__ = ("rank",)
+
+        def __init__(self, payload: Any, rank: int) -> None:
+            super().__init__(payload)
+            self.rank = rank
+
+    Tagged, Ranked = picklable(Tagged, impl), picklable(Ranked, impl)
+
+    for copied in (pickle.loads(pickle.dumps(Tagged(1, "x"))), copy.deepcopy(Tagged(1, "x"))):
+        assert (type(copied), copied.payload, copied.tag) == (Tagged, 1, "x")
+    for copied in (pickle.loads(pickle.dumps(Ranked(2, 7))), copy.copy(Ranked(2, 7))):
+        assert (type(copied), copied.payload, copied.rank) == (Ranked, 2, 7)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_channel_subclass_copies_its_own_slots(impl: Any, how: str) -> None:
+    class Tagged(impl.InMemoryChannel):  # type: ignore[name-defined]
+        __slots__ = ("__secret", "tag")
+
+        def __init__(self, tag: str) -> None:
+            super().__init__(name="t")
+            self.tag = tag
+            self.__secret = 42
+
+        def secret(self) -> int:
+            return self.__secret
+
+    Tagged = picklable(Tagged, impl)
+    copied = copy_by(how, Tagged("mine"))
+    assert (copied.tag, copied.secret(), copied.name) == ("mine", 42, "t")
+
+
+def test_fields_assigned_badly_are_caught_when_copied(impl: Any) -> None:
+    message = impl.ChannelMessage(1)
+    message.ack = 5  # assignment is not checked; a copy of the message is
+    with pytest.raises(TypeError, match="ack"):
+        message.clone()
+    downstream = impl.InMemoryChannel()
+    with pytest.raises(TypeError, match="ack"):
+        impl.ForwardingChannel(downstream, metadata_defaults={"a": 1}).send_nowait(message)
+    assert downstream.qsize() == 0
+
+
+async def test_per_node_copies_stay_readable_by_name(node_build: Any) -> None:
+    worker = Double(name="worker")
+    result = await Graph(worker).run(Task(inputs=NodeMessage(1)))
+    copied = result.processed.copy()
+    assert type(copied) is PerNode and copied["worker"] == copied[worker] == 1

@@ -62,6 +62,10 @@ class PerNode(dict[str, V]):
         except KeyError:
             return default
 
+    def copy(self) -> PerNode[V]:
+        """A shallow copy that is read by node or name too."""
+        return type(self)(self.items(), self._names)
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (list(self.items()), self._names))
 

@@ -188,7 +188,7 @@ class GraphRun:
         # What fits into a pure in-memory mailbox without observers goes in
         # without an await (its send would not wait either); the rest waits.
         quick: Any = None
-        if type(mailbox) is _channels_py.InMemoryChannel and not is_patched(mailbox):
+        if type(mailbox) is _channels_py.InMemoryChannel and not is_patched(mailbox, "send"):
             quick = mailbox
         for message in messages:
             if quick is not None and not quick._observers:
@@ -409,7 +409,13 @@ def _node_idle(node: Node, worker: asyncio.Task[None]) -> bool:
         stats = mailbox.stats()
     except NotImplementedError:
         waiting = node._receiving or type(node).go is not Node.go
-        return waiting and mailbox.empty()
+        try:
+            empty = mailbox.empty()
+        except NotImplementedError:
+            # A channel with only send and receive: a default go() waiting
+            # on it found nothing; for a custom go() the run goes by activity.
+            empty = True
+        return waiting and empty
     return stats.size == 0 and stats.receivers_waiting > 0
 
 

@@ -59,6 +59,7 @@ class QueueBridge(Generic[T]):
 
     __slots__ = (
         "_channel",
+        "_dropping",
         "_finished",
         "_getters",
         "_message_type",
@@ -80,6 +81,7 @@ class QueueBridge(Generic[T]):
         self._finished.set()
         self._getters: deque[asyncio.Future[None]] = deque()
         self._putters: deque[asyncio.Future[None]] = deque()
+        self._dropping = False  # after shutdown(immediate=True)
 
     @property
     def channel(self) -> BaseChannel[T]:
@@ -130,6 +132,8 @@ class QueueBridge(Generic[T]):
                 message = await channel.receive()
         except ChannelClosed as closed:
             raise QueueShutDown(*closed.args) from None
+        if self._dropping:
+            self._drop()
         if self._putters:
             _wake_next(self._putters)
         return message.payload  # type: ignore[no-any-return]
@@ -140,6 +144,8 @@ class QueueBridge(Generic[T]):
             message = self._channel.receive_nowait()
         except ChannelClosed as closed:
             raise QueueShutDown(*closed.args) from None
+        if self._dropping:
+            self._drop()
         if self._putters:
             _wake_next(self._putters)
         return message.payload
@@ -158,19 +164,29 @@ class QueueBridge(Generic[T]):
     def shutdown(self, immediate: bool = False) -> None:
         """Close the channel: puts fail from now on, gets once it is drained.
 
-        With ``immediate``, what the channel buffers is dropped now and
-        counted as done for ``join``. Blocked puts (and gets, when nothing
+        With ``immediate``, what the channel buffers is dropped and counted
+        as done for ``join``, and every get raises ``QueueShutDown``, even
+        one already promised a message. Blocked puts (and gets, when nothing
         is left) raise ``QueueShutDown``.
         """
         self._channel.close()
         if immediate:
+            self._dropping = True
             while True:
                 try:
                     self._channel.receive_nowait()
-                except (asyncio.QueueEmpty, ChannelClosed):
+                except (asyncio.QueueEmpty, ChannelClosed, NotImplementedError):
                     break
-                if self._unfinished_tasks:
-                    self._remove_unfinished()
+                self._count_dropped()
+
+    def _drop(self) -> None:
+        """A get after ``shutdown(immediate=True)``: its message is dropped too."""
+        self._count_dropped()
+        raise QueueShutDown(f"the queue over channel {self._channel.name!r} was shut down")
+
+    def _count_dropped(self) -> None:
+        if self._unfinished_tasks:
+            self._remove_unfinished()
 
     def qsize(self) -> int:
         """How many messages the channel buffers."""

@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import count
+from types import MemberDescriptorType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -201,21 +202,37 @@ def check_is_shutdown(is_shutdown: object) -> None:
         )
 
 
-def is_patched(channel: object) -> bool:
-    """Whether ``channel`` has an instance attribute that hides one of its class's.
+def is_patched(channel: object, *names: str) -> bool:
+    """Whether a method of ``channel`` is replaced on the instance.
 
-    A channel whose ``send`` (for example) was replaced on the instance, as
-    ``mock.patch.object`` does, is used through its attributes only: no
-    shortcut of the node loops bypasses what was put there.
+    ``names`` are the methods a shortcut would go around (default: every
+    one a shortcut may go around). A channel whose ``send`` (for example)
+    was replaced on the instance, as ``mock.patch.object`` does, is used
+    through its attributes: no shortcut of the node loops or of the graph
+    bypasses what was put there. The class's own method put back on the
+    instance, as pytest's monkeypatch undoes a patch, is no replacement.
     """
-    flag = getattr(channel, "_patched", None)
-    if type(flag) is bool:
-        return flag  # a compiled channel keeps it up to date
-    attributes = instance_attributes(channel)
-    if not attributes:
-        return False
+    if isinstance(channel, flagged_types):
+        return bool(channel._patched)  # type: ignore[attr-defined]  # kept up to date in C
     kind = type(channel)
-    return any(hasattr(kind, name) for name in attributes)
+    for name in names or SHORTCUT_METHODS:
+        method = getattr(channel, name, None)
+        if getattr(method, "__func__", None) is not getattr(kind, name, None):
+            return True
+    return False
+
+
+SHORTCUT_METHODS = ("send", "send_nowait", "receive", "receive_nowait")
+"""The methods a shortcut of the node loops or of the graph's feeder may go around."""
+
+flagged_types: tuple[type, ...] = ()
+"""Channel classes whose instances say themselves whether they are patched (``_patched``)."""
+
+
+def register_flagged_type(cls: type) -> None:
+    global flagged_types
+    if cls not in flagged_types:
+        flagged_types = (*flagged_types, cls)
 
 
 def instance_attributes(instance: object) -> dict[str, Any] | None:
@@ -268,8 +285,50 @@ def forwarding_state(channel: Any, defaults: dict[str, Any] | None) -> dict[str,
 
 
 def _attributes(channel: object) -> dict[str, Any] | None:
-    attributes = instance_attributes(channel)
-    return dict(attributes) if attributes else None
+    """The instance's own attributes: its dict, and the slots its user subclasses add."""
+    attributes = dict(instance_attributes(channel) or {})
+    attributes.update(_subclass_slots(channel))
+    return attributes or None
+
+
+_OWN_MODULES = frozenset(
+    {"spark.nodes._channel_base", "spark.nodes._channels_py", "spark.nodes._channels_c"}
+)
+
+
+def _subclass_slots(instance: object) -> dict[str, Any]:
+    """The values of the slots its users' subclasses give ``instance`` (ours are state)."""
+    values: dict[str, Any] = {}
+    for cls in type(instance).__mro__:
+        if cls.__module__ in _OWN_MODULES or cls is object:
+            break
+        for name, member in vars(cls).items():  # a slot's name as stored: mangled if private
+            if type(member) is MemberDescriptorType:
+                try:
+                    values[name] = getattr(instance, name)
+                except AttributeError:
+                    pass  # never set
+    return values
+
+
+# -- copying and pickling a message of a ChannelMessage subclass: its own
+# fields and attributes travel too (a ChannelMessage itself pickles as a call).
+
+
+def reduce_message(message: Any) -> tuple[Any, ...]:
+    fields = (message.payload, message.metadata, message.ack, message.is_shutdown)
+    kind = type(message)
+    if kind in message_types:
+        return (kind, fields)
+    attributes, slots = instance_attributes(message), _subclass_slots(message)
+    state: Any = (attributes or None, slots) if slots else (attributes or None)
+    return (restore_message, (kind, fields), state)
+
+
+def restore_message(kind: Any, fields: tuple[Any, Any, Any, Any]) -> Any:
+    message = kind.__new__(kind)
+    message.payload, message.metadata, message.ack, message.is_shutdown = fields
+    return message
 
 
 def restore_attributes(channel: object, state: Mapping[str, Any]) -> None:
@@ -325,6 +384,13 @@ class BaseChannel(ABC, Generic[T]):
     def name(self) -> str:
         """The channel's name, used in logs and by observers."""
         return self._name
+
+    @property
+    def __orig_class__(self) -> Any:
+        # ``InMemoryChannel[Order]()`` would store the alias in the instance's
+        # dict, and a channel with a dict is slower to call methods on; typing
+        # skips that when it cannot be set.
+        raise AttributeError("__orig_class__")
 
     @property
     def observers(self) -> tuple[ObserverCallable, ...]:

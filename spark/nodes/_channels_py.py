@@ -116,8 +116,16 @@ class ChannelMessage(Generic[T]):
             self.is_shutdown if is_shutdown is _MISSING else is_shutdown,
         )
 
+    def __post_init__(self) -> None:
+        """The checks of ``__init__``, for a dataclass subclass's generated one."""
+        metadata = self.metadata
+        if type(metadata) is not dict:
+            self.metadata = check_metadata(metadata)
+        check_ack(self.ack)
+        check_is_shutdown(self.is_shutdown)
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.payload, self.metadata, self.ack, self.is_shutdown))
+        return _base.reduce_message(self)
 
 
 register_message_type(ChannelMessage)

@@ -158,11 +158,17 @@ class Node:
 
     @property
     def name(self) -> str:
-        """The node's readable name, used in logs and in run results; it can be set."""
+        """The node's readable name, used in logs and in run results.
+
+        It can be set; setting ``None`` keeps the name the node has (a
+        subclass may pass on a ``name=None`` argument).
+        """
         return self._name
 
     @name.setter
-    def name(self, value: str) -> None:
+    def name(self, value: str | None) -> None:
+        if value is None:
+            return  # "no name given": the node keeps the one it has
         _check_identity("name", value)
         self._name = value
         if hasattr(self, "config"):
@@ -280,7 +286,7 @@ class Node:
         mailbox = self.mailbox
         # A queued message is taken without an await from a pure in-memory
         # mailbox without observers (whose receive would not wait either).
-        takes_nowait = type(mailbox) is _PyInMemory and not is_patched(mailbox)
+        takes_nowait = type(mailbox) is _PyInMemory and not is_patched(mailbox, "receive")
         edges = self._edges
         source = self._id
         binding: RunBinding | None = None

@@ -119,17 +119,17 @@ class Route:
         self.message_type: type = ChannelMessage
         """The envelope class of what is sent along: the pure one into a pure mailbox."""
         defaults: dict[str, Any] | None = None
-        if is_patched(channel):
-            pass  # used through its attributes only
-        elif (
+        # A send replaced on the instance (mock.patch.object) is always called.
+        if (
             type(channel) is _PyForwarding
             and type(channel._downstream) is _PyInMemory
-            and not is_patched(channel._downstream)
+            and not is_patched(channel, "send")
+            and not is_patched(channel._downstream, "send")
         ):
             self.forwarder = channel
             self.target = channel._downstream
             defaults = channel._defaults
-        elif type(channel) is _PyInMemory:
+        elif type(channel) is _PyInMemory and not is_patched(channel, "send"):
             self.target = channel
             self.message_type = _PyMessage
         # The keys in the order ``{**defaults, **tracing}`` gives them: copying
