@@ -215,17 +215,7 @@ cdef ChannelMessage _with_metadata(object message, object metadata):
     copy.ack = message.ack
     copy.is_shutdown = message.is_shutdown
     copy.metadata = metadata
-    _check_copied(copy)
     return copy
-
-
-cdef inline int _check_copied(ChannelMessage message) except -1:
-    """What the pure build's constructor checks of a message's copied fields."""
-    if message.ack is not None and not callable(message.ack):
-        check_ack(message.ack)
-    if message.is_shutdown is not False and message.is_shutdown is not True:
-        check_is_shutdown(message.is_shutdown)
-    return 0
 
 
 # -- ring buffer ----------------------------------------------------------
@@ -1357,7 +1347,6 @@ cdef class ForwardingChannel(_ObservedChannel):
         copy.metadata = merged
         copy.ack = (<ChannelMessage>message).ack
         copy.is_shutdown = (<ChannelMessage>message).is_shutdown
-        _check_copied(copy)
         return copy
 
     def send(self, message):
