@@ -123,7 +123,10 @@ cdef class ChannelMessage:
     cdef public object payload
     cdef public object metadata
     cdef public object ack
-    cdef public object is_shutdown   # stored as given, as the pure build stores it
+    # A C int, not an object: an object field here made batch 20% slower on
+    # CPython 3.14. The constructors take only a bool; assigning anything
+    # else later stores its truth value (the pure build stores it as given).
+    cdef public bint is_shutdown
 
     __slots__ = ("payload", "metadata", "ack", "is_shutdown")
     __match_args__ = ("payload", "metadata", "ack", "is_shutdown")

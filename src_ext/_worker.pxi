@@ -78,7 +78,6 @@ cdef inline ChannelMessage _envelope(object payload, dict metadata):
     cdef ChannelMessage message = ChannelMessage.__new__(ChannelMessage)
     message.payload = payload
     message.metadata = metadata
-    message.is_shutdown = False  # ack is None already, as every field a new object has
     return message
 
 
