@@ -29,6 +29,7 @@ import types
 from types import GenericAlias
 
 from spark.nodes import _channel_base
+from spark.nodes import _copying
 from spark.nodes import _channels_py
 from spark.nodes._channel_base import (
     BaseChannel,
@@ -168,13 +169,14 @@ cdef class ChannelMessage:
         if ack is not None and not callable(ack):
             check_ack(ack)
         if is_shutdown is _MISSING:
-            is_shutdown = self.is_shutdown
-        if is_shutdown is not False and is_shutdown is not True:
-            check_is_shutdown(is_shutdown)
+            clone.is_shutdown = self.is_shutdown  # a bool already: a C int
+        else:
+            if is_shutdown is not False and is_shutdown is not True:
+                check_is_shutdown(is_shutdown)
+            clone.is_shutdown = is_shutdown
         clone.payload = self.payload if payload is _MISSING else payload
         clone.metadata = merged
         clone.ack = ack
-        clone.is_shutdown = is_shutdown
         return clone
 
     def __post_init__(self):
@@ -185,7 +187,7 @@ cdef class ChannelMessage:
         check_is_shutdown(self.is_shutdown)
 
     def __reduce__(self):
-        return _channel_base.reduce_message(self)
+        return _copying.reduce_message(self)
 
     def __eq__(self, other):
         if type(other) is not type(self):
@@ -957,7 +959,7 @@ cdef class _ObservedChannel:
         if getattr(value, "__self__", None) is self and _is_own_method(self, name, value):
             # Putting back the class's own method (as pytest's monkeypatch
             # undoes a patch): the instance has nothing of its own there.
-            if name in (_channel_base.instance_attributes(self) or ()):
+            if name in (_copying.instance_attributes(self) or ()):
                 self.__delattr__(name)
             return
         PyObject_GenericSetAttr(self, name, value)
@@ -967,7 +969,7 @@ cdef class _ObservedChannel:
     def __delattr__(self, name):
         _generic_delattr(self, name, NULL)
         kind = type(self)
-        attributes = _channel_base.instance_attributes(self) or ()
+        attributes = _copying.instance_attributes(self) or ()
         self._patched = any([hasattr(kind, attribute) for attribute in attributes])
 
     @property
@@ -1243,15 +1245,15 @@ cdef class InMemoryChannel(_ObservedChannel):
         ]
 
     def __getstate__(self):
-        """What ``copy.deepcopy`` and ``pickle`` keep (see spark/nodes/_channel_base.py)."""
-        return _channel_base.in_memory_state(self, self._queued())
+        """What ``copy.deepcopy`` and ``pickle`` keep (see spark/nodes/_copying.py)."""
+        return _copying.in_memory_state(self, self._queued())
 
     def __setstate__(self, state):
         InMemoryChannel.__init__(self, state["name"], state["maxsize"], state["observers"])
         for message in state["messages"]:
             self._enqueue(message)
         self._closed = state["closed"]
-        _channel_base.restore_attributes(self, state)
+        _copying.restore_attributes(self, state)
 
     def stats(self):
         """A snapshot of the channel's counters."""
@@ -1453,15 +1455,15 @@ cdef class ForwardingChannel(_ObservedChannel):
         return (_copyreg.__newobj__, (type(self),), self.__getstate__())
 
     def __getstate__(self):
-        """What ``copy.deepcopy`` and ``pickle`` keep (see spark/nodes/_channel_base.py)."""
-        return _channel_base.forwarding_state(self, self._defaults)
+        """What ``copy.deepcopy`` and ``pickle`` keep (see spark/nodes/_copying.py)."""
+        return _copying.forwarding_state(self, self._defaults)
 
     def __setstate__(self, state):
         ForwardingChannel.__init__(
             self, state["downstream"], state["name"], state["metadata_defaults"], state["observers"]
         )
         self._closed = state["closed"]
-        _channel_base.restore_attributes(self, state)
+        _copying.restore_attributes(self, state)
 
 
 BaseChannel.register(InMemoryChannel)

@@ -1009,7 +1009,7 @@ def test_putting_the_class_method_back_is_no_patch(impl: Any) -> None:
 
 
 def test_a_typed_channel_keeps_no_instance_dict(impl: Any) -> None:
-    from spark.nodes._channel_base import instance_attributes
+    from spark.nodes._copying import instance_attributes
 
     channel = impl.InMemoryChannel[int]()
     assert instance_attributes(channel) is None

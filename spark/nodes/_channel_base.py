@@ -15,7 +15,6 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import count
-from types import MemberDescriptorType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -233,109 +232,6 @@ def register_flagged_type(cls: type) -> None:
     global flagged_types
     if cls not in flagged_types:
         flagged_types = (*flagged_types, cls)
-
-
-def instance_attributes(instance: object) -> dict[str, Any] | None:
-    """``instance.__dict__``, or None when it has none, which this does not create.
-
-    Asking for ``__dict__`` would make an empty one, and an instance with a
-    dict is slower to call methods on (the interpreter stops specializing
-    those lookups).
-    """
-    if _object_getstate is None:  # Python 3.10
-        return getattr(instance, "__dict__", None)
-    state = _object_getstate(instance)
-    if type(state) is tuple:  # (the dict or None, the slots)
-        state = state[0]
-    return state if type(state) is dict else None
-
-
-_object_getstate: Callable[[object], object] | None = getattr(object, "__getstate__", None)
-
-
-# -- copying: what copy.deepcopy and pickle keep of a channel, in both builds.
-#
-# A copy is a new channel with the original's name, bound, observers, closed
-# flag and instance attributes, into which copies of the messages queued in
-# the original were sent, in order; its statistics count those sends.
-# Nothing else is copied: tasks blocked on the original stay there, and so
-# do messages already promised to a woken receiver.
-
-
-def in_memory_state(channel: Any, queued: list[Any]) -> dict[str, Any]:
-    return {
-        "name": channel.name,
-        "maxsize": channel.maxsize,
-        "observers": list(channel.observers),
-        "closed": channel.closed,
-        "messages": queued,
-        "attributes": _attributes(channel),
-    }
-
-
-def forwarding_state(channel: Any, defaults: dict[str, Any] | None) -> dict[str, Any]:
-    return {
-        "name": channel.name,
-        "downstream": channel.downstream,
-        "metadata_defaults": defaults,
-        "observers": list(channel.observers),
-        "closed": channel.closed,
-        "attributes": _attributes(channel),
-    }
-
-
-def _attributes(channel: object) -> dict[str, Any] | None:
-    """The instance's own attributes: its dict, and the slots its user subclasses add."""
-    attributes = dict(instance_attributes(channel) or {})
-    attributes.update(_subclass_slots(channel))
-    return attributes or None
-
-
-_OWN_MODULES = frozenset(
-    {"spark.nodes._channel_base", "spark.nodes._channels_py", "spark.nodes._channels_c"}
-)
-
-
-def _subclass_slots(instance: object) -> dict[str, Any]:
-    """The values of the slots its users' subclasses give ``instance`` (ours are state)."""
-    values: dict[str, Any] = {}
-    for cls in type(instance).__mro__:
-        if cls.__module__ in _OWN_MODULES or cls is object:
-            break
-        for name, member in vars(cls).items():  # a slot's name as stored: mangled if private
-            if type(member) is MemberDescriptorType:
-                try:
-                    values[name] = getattr(instance, name)
-                except AttributeError:
-                    pass  # never set
-    return values
-
-
-# -- copying and pickling a message of a ChannelMessage subclass: its own
-# fields and attributes travel too (a ChannelMessage itself pickles as a call).
-
-
-def reduce_message(message: Any) -> tuple[Any, ...]:
-    fields = (message.payload, message.metadata, message.ack, message.is_shutdown)
-    kind = type(message)
-    if kind in message_types:
-        return (kind, fields)
-    attributes, slots = instance_attributes(message), _subclass_slots(message)
-    state: Any = (attributes or None, slots) if slots else (attributes or None)
-    return (restore_message, (kind, fields), state)
-
-
-def restore_message(kind: Any, fields: tuple[Any, Any, Any, Any]) -> Any:
-    message = kind.__new__(kind)
-    message.payload, message.metadata, message.ack, message.is_shutdown = fields
-    return message
-
-
-def restore_attributes(channel: object, state: Mapping[str, Any]) -> None:
-    attributes = state.get("attributes")
-    if attributes:
-        for name, value in attributes.items():
-            setattr(channel, name, value)
 
 
 message_types: tuple[type, ...] = ()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from . import _channel_base as _base
+from . import _copying
 from ._channel_base import (
     BaseChannel,
     ChannelClosed,
@@ -127,7 +128,7 @@ class ChannelMessage(Generic[T]):
         check_is_shutdown(self.is_shutdown)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _base.reduce_message(self)
+        return _copying.reduce_message(self)
 
 
 register_message_type(ChannelMessage)
@@ -440,8 +441,8 @@ class InMemoryChannel(BaseChannel[T]):
         return list(self._buffer)[self._receivers_woken :]
 
     def __getstate__(self) -> dict[str, Any]:
-        """What ``copy.deepcopy`` and ``pickle`` keep (see ``in_memory_state``)."""
-        return _base.in_memory_state(self, self._queued())
+        """What ``copy.deepcopy`` and ``pickle`` keep (see spark/nodes/_copying.py)."""
+        return _copying.in_memory_state(self, self._queued())
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         InMemoryChannel.__init__(self, state["name"], state["maxsize"], state["observers"])
@@ -450,7 +451,7 @@ class InMemoryChannel(BaseChannel[T]):
         self._unseen = len(self._buffer)
         if state["closed"]:
             self._closed = self._guarded = True
-        _base.restore_attributes(self, state)
+        _copying.restore_attributes(self, state)
 
 
 class ForwardingChannel(BaseChannel[T]):
@@ -571,15 +572,15 @@ class ForwardingChannel(BaseChannel[T]):
     # -- copying ---------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
-        """What ``copy.deepcopy`` and ``pickle`` keep: see ``forwarding_state``."""
-        return _base.forwarding_state(self, self._defaults)
+        """What ``copy.deepcopy`` and ``pickle`` keep (see spark/nodes/_copying.py)."""
+        return _copying.forwarding_state(self, self._defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         ForwardingChannel.__init__(
             self, state["downstream"], state["name"], state["metadata_defaults"], state["observers"]
         )
         self._closed = state["closed"]
-        _base.restore_attributes(self, state)
+        _copying.restore_attributes(self, state)
 
 
 def _discard(waiters: deque[asyncio.Future[Any]], future: asyncio.Future[Any]) -> None:
