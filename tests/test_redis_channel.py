@@ -8,7 +8,9 @@ import logging
 import os
 import pickle
 import signal
+import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,13 @@ require_extra()
 import redis.asyncio as aioredis  # noqa: E402
 from redis.asyncio.connection import SSLConnection  # noqa: E402
 from redis.exceptions import AuthenticationError  # noqa: E402
+from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: E402
 
 from spark.backends._redis_server import LocalRedisServer, ServerUnavailable  # noqa: E402
 from spark.backends.redis import (  # noqa: E402
     METADATA_DELIVERY_COUNT,
     METADATA_STREAM_ID,
+    MessagesNotWritten,
     MsgpackCodec,
     RedisStreamChannel,
     _socket_timeout,
@@ -793,6 +797,10 @@ def test_constructor_checks_its_arguments() -> None:
         RedisStreamChannel("s", group="", url=url)
     with pytest.raises(ValueError, match="unknown codec"):
         RedisStreamChannel("s", group="g", url=url, codec="json")
+    with pytest.raises(ValueError, match="retry_timeout"):
+        RedisStreamChannel("s", group="g", url=url, retry_timeout=0)
+    with pytest.raises(TypeError, match="retry_timeout"):
+        RedisStreamChannel("s", group="g", url=url, retry_timeout="10")  # type: ignore[arg-type]
 
 
 async def test_username_and_password(redis_url: str) -> None:
@@ -807,11 +815,17 @@ async def test_username_and_password(redis_url: str) -> None:
         ) as ch:
             await ch.send(ChannelMessage("authenticated"))
             assert (await receive_within(ch)).payload == "authenticated"
-        async with RedisStreamChannel(
+        refused = RedisStreamChannel(
             name, url=f"redis://{user}:wrong@{base}", group="g", block=0.05
-        ) as ch:
-            with pytest.raises(AuthenticationError):
-                await asyncio.wait_for(ch.send(ChannelMessage("refused")), 5)
+        )
+        with pytest.raises(AuthenticationError):
+            await asyncio.wait_for(refused.send(ChannelMessage("refused")), 5)
+        await refused.aclose()
+        with pytest.raises(AuthenticationError):  # entering checks the connection
+            async with RedisStreamChannel(
+                name, url=f"redis://{user}:wrong@{base}", group="g", block=0.05
+            ):
+                pytest.fail("entered with a wrong password")
     finally:
         await admin.execute_command("ACL", "DELUSER", user)
         await admin.aclose()
@@ -879,9 +893,9 @@ async def test_tls_round_trip(tls_server: tuple[str, Path]) -> None:
     ) as ch:
         await ch.send(ChannelMessage({"secure": True}))
         assert (await receive_within(ch)).payload == {"secure": True}
-    async with RedisStreamChannel(unique(), url=url, group="g", block=0.05) as untrusted:
-        with pytest.raises(Exception, match=r"(?i)certificate"):
-            await asyncio.wait_for(untrusted.backlog(), 5)
+    with pytest.raises(Exception, match=r"(?i)certificate"):  # entering checks the connection
+        async with RedisStreamChannel(unique(), url=url, group="g", block=0.05):
+            pytest.fail("entered a server whose certificate is not trusted")
 
 
 # -- the test server itself ----------------------------------------------------
@@ -915,3 +929,75 @@ def test_unavailable_redis_skips_or_fails(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(redis_support, "REQUIRE_REDIS", True)
     with pytest.raises(pytest.fail.Exception, match="SPARK_REQUIRE_REDIS"):
         redis_support.unavailable("no server")
+
+
+# -- failing fast ------------------------------------------------------------
+
+
+def unreachable_url() -> str:
+    """A Redis URL on a local port where nothing listens."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"
+
+
+async def test_entering_raises_at_once_when_redis_is_unreachable() -> None:
+    started = time.monotonic()
+    with pytest.raises(RedisConnectionError):
+        async with RedisStreamChannel("s", group="g", url=unreachable_url()):
+            pytest.fail("entered a channel whose server is unreachable")
+    assert time.monotonic() - started < 5
+
+
+async def test_send_raises_once_retry_timeout_is_over() -> None:
+    ch = RedisStreamChannel("s", group="g", url=unreachable_url(), retry_timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(RedisConnectionError):
+        await ch.send(ChannelMessage(1))
+    assert 0.3 <= time.monotonic() - started < 5
+    await asyncio.wait_for(ch.aclose(), 5)  # nothing left to write: closes quietly
+
+
+@pytest.mark.parametrize("reported_by", ["aclose", "flush", "next send"])
+async def test_nowait_messages_given_up_on_are_reported_once(reported_by: str) -> None:
+    ch = RedisStreamChannel("s", group="g", url=unreachable_url(), retry_timeout=0.3)
+    for number in range(3):
+        ch.send_nowait(ChannelMessage(number))
+    with pytest.raises(MessagesNotWritten, match="3 message") as raised:
+        if reported_by == "aclose":
+            await asyncio.wait_for(ch.aclose(), 5)
+        elif reported_by == "flush":
+            await asyncio.wait_for(ch.flush(), 5)
+        else:
+            await asyncio.sleep(1)  # the writer gives up meanwhile
+            ch.send_nowait(ChannelMessage("next"))
+    assert raised.value.count == 3
+    assert isinstance(raised.value.__cause__, RedisConnectionError)
+    if reported_by != "aclose":
+        with pytest.raises(RedisConnectionError):
+            await ch.send(ChannelMessage("again"))  # reported once; this one fails itself
+        await asyncio.wait_for(ch.aclose(), 5)
+
+
+async def test_nowait_messages_redis_refuses_are_reported(redis_url: str) -> None:
+    name = unique()
+    admin = aioredis.from_url(redis_url)
+    async with channel(redis_url, name) as ch:
+        await admin.set(ch.key, "not a stream")  # every write now fails with WRONGTYPE
+        ch.send_nowait(ChannelMessage(1))
+        with pytest.raises(MessagesNotWritten, match="1 message"):
+            await ch.flush()
+        await admin.delete(ch.key)
+    await admin.aclose()
+
+
+async def test_flush_returns_once_queued_messages_are_written(redis_url: str) -> None:
+    name = unique()
+    admin = aioredis.from_url(redis_url)
+    async with channel(redis_url, name) as ch:
+        for number in range(5):
+            ch.send_nowait(ChannelMessage(number))
+        await ch.flush()
+        assert await admin.xlen(ch.key) == 5
+    await admin.aclose()

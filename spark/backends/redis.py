@@ -89,12 +89,32 @@ __all__ = [
     "Codec",
     "DeadLetter",
     "DecodeError",
+    "MessagesNotWritten",
     "MsgpackCodec",
     "PickleCodec",
     "RedisStreamChannel",
 ]
 
 T = TypeVar("T")
+
+
+class MessagesNotWritten(Exception):
+    """Messages queued by ``send_nowait`` were not written to the stream.
+
+    Raised by the next ``send``, ``send_nowait``, ``send_many``, ``flush`` or
+    ``aclose`` after the background writer gave up on them: Redis stayed
+    unreachable for ``retry_timeout`` seconds, or refused them. ``count``
+    says how many; the error that stopped the writer is ``__cause__``. The
+    call that raises it sends nothing; each loss is reported once.
+    """
+
+    def __init__(self, channel: str, count: int, error: BaseException) -> None:
+        super().__init__(
+            f"{count} message(s) queued by send_nowait on channel {channel!r} "
+            f"were not written: {error}"
+        )
+        self.count = count
+
 
 logger = logging.getLogger("spark.channels.redis")
 
@@ -329,8 +349,17 @@ class RedisStreamChannel(BaseChannel[T]):
       each handles its share in that order.
     * ``send`` returns once Redis holds the entry; cancelled before its batch
       is written, the message is not sent. ``send_nowait`` queues it (up to
-      ``buffer_size`` messages) for the background writer; if Redis refuses
-      the batch, the loss is logged. Connection errors are retried.
+      ``buffer_size`` messages) for the background writer; ``flush()`` waits
+      until what is queued is written.
+    * Failing fast: ``async with`` checks that Redis answers and raises its
+      connection error at once if not. Connection errors are retried for
+      ``retry_timeout`` seconds (10 by default; ``None`` retries forever):
+      then ``send`` raises the error, and the writer gives up on the queued
+      messages; the next ``send``, ``send_nowait``, ``send_many``,
+      ``flush()`` or ``aclose()`` raises ``MessagesNotWritten`` saying how
+      many, as it does for messages Redis refused. Nothing queued is dropped
+      with only a log line, and ``aclose()`` does not hang on an unreachable
+      server.
     * With ``maxlen``, senders wait while the group's backlog is ``maxlen``
       (``send_nowait`` raises ``asyncio.QueueFull`` once a write found no
       room), and nothing unacknowledged is ever trimmed.
@@ -379,6 +408,7 @@ class RedisStreamChannel(BaseChannel[T]):
         buffer_size: int = 10_000,
         key_prefix: str = "spark:",
         connection_options: Mapping[str, Any] | None = None,
+        retry_timeout: float | None = 10.0,
         observers: Iterable[ObserverCallable] | None = None,
     ) -> None:
         super().__init__(_check_text("name", name), observers)
@@ -394,6 +424,8 @@ class RedisStreamChannel(BaseChannel[T]):
             _check_positive("maxlen", maxlen, integer=True)
         if max_deliveries is not None:
             _check_positive("max_deliveries", max_deliveries, integer=True)
+        if retry_timeout is not None:
+            _check_positive("retry_timeout", retry_timeout)
         if not isinstance(key_prefix, str):
             raise TypeError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
         self._claim_idle = float(claim_idle)
@@ -402,6 +434,7 @@ class RedisStreamChannel(BaseChannel[T]):
         self._buffer_size = buffer_size
         self._maxlen = maxlen
         self._max_deliveries = max_deliveries
+        self._retry_timeout = None if retry_timeout is None else float(retry_timeout)
         self._codec = resolve_codec(codec)
         self._codec_name = self._codec.name.encode()
         self._key = f"{key_prefix}stream:{name}"
@@ -447,6 +480,10 @@ class RedisStreamChannel(BaseChannel[T]):
         self._stream_full = False
         self._senders_waiting = 0
         self._sent = 0
+        # Messages queued by send_nowait that the writer gave up on, and why:
+        # the next send, flush or aclose raises MessagesNotWritten.
+        self._unwritten = 0
+        self._unwritten_error: BaseException | None = None
 
         # Receiving.
         self._ready: deque[_Delivery] = deque()
@@ -530,6 +567,7 @@ class RedisStreamChannel(BaseChannel[T]):
         ``ChannelClosed`` if the channel is closed.
         """
         self._check(message)
+        self._raise_unwritten()
         if _is_stop_request(message):
             self._deliver_locally(message)
             if self._observers:
@@ -555,6 +593,7 @@ class RedisStreamChannel(BaseChannel[T]):
         called with the event loop running.
         """
         self._check(message)
+        self._raise_unwritten()
         if _is_stop_request(message):
             self._deliver_locally(message)
             if self._observers:
@@ -574,6 +613,7 @@ class RedisStreamChannel(BaseChannel[T]):
         Every message is encoded before any is queued, so a ``TypeError``
         sends none of them.
         """
+        self._raise_unwritten()
         loop = asyncio.get_running_loop()
         items: list[_Outgoing] = []
         local: list[ChannelMessage[Any]] = []
@@ -617,6 +657,7 @@ class RedisStreamChannel(BaseChannel[T]):
         """Write the outbox in order, a batch per round trip, until it is empty."""
         outbox = self._outbox
         retry = _FIRST_RETRY
+        failing_since: float | None = None  # the first failure of a run of them
         while outbox:
             batch: list[_Outgoing] = []
             while outbox and len(batch) < self._batch_size:
@@ -632,6 +673,22 @@ class RedisStreamChannel(BaseChannel[T]):
                 continue
             except (RedisConnectionError, RedisTimeoutError) as error:
                 outbox.extendleft(reversed(batch))
+                now = monotonic()
+                if failing_since is None:
+                    failing_since = now
+                if self._retry_timeout is not None and now - failing_since >= self._retry_timeout:
+                    logger.error(
+                        "channel %r: Redis unreachable for %.1f s (%s); giving up on %d "
+                        "queued message(s)",
+                        self._name,
+                        now - failing_since,
+                        error,
+                        len(outbox),
+                    )
+                    batch = list(outbox)
+                    outbox.clear()
+                    self._fail(batch, error)
+                    return
                 logger.warning(
                     "channel %r: cannot reach Redis (%s); retrying %d queued message(s) in %.3f s",
                     self._name,
@@ -648,6 +705,7 @@ class RedisStreamChannel(BaseChannel[T]):
             except BaseException:
                 outbox.extendleft(reversed(batch))
                 raise
+            failing_since = None
             self._sent += added
             for item in batch[:added]:
                 if item.future is not None and not item.future.done():
@@ -680,6 +738,8 @@ class RedisStreamChannel(BaseChannel[T]):
         return int(reply[0])
 
     def _fail(self, batch: list[_Outgoing], error: BaseException) -> None:
+        """Fail a batch: its senders get ``error``; its ``send_nowait`` messages are
+        counted, for the next send, flush or aclose to raise ``MessagesNotWritten``."""
         lost = 0
         for item in batch:
             if item.future is None:
@@ -687,12 +747,33 @@ class RedisStreamChannel(BaseChannel[T]):
             elif not item.future.done():
                 item.future.set_exception(error)
         if lost:
+            self._unwritten += lost
+            self._unwritten_error = error
             logger.error(
-                "channel %r: Redis refused %d message(s) queued by send_nowait; they are lost",
+                "channel %r: %d message(s) queued by send_nowait were not written; "
+                "the next send, flush or aclose raises MessagesNotWritten",
                 self._name,
                 lost,
                 exc_info=error,
             )
+
+    def _raise_unwritten(self) -> None:
+        """Raise ``MessagesNotWritten`` for what the writer gave up on, once."""
+        if self._unwritten:
+            count, error = self._unwritten, self._unwritten_error
+            self._unwritten, self._unwritten_error = 0, None
+            assert error is not None
+            raise MessagesNotWritten(self._name, count, error) from error
+
+    async def flush(self) -> None:
+        """Wait until every message queued so far is written.
+
+        Raises ``MessagesNotWritten`` if the writer gave up on messages
+        queued by ``send_nowait`` (see ``retry_timeout``).
+        """
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+        self._raise_unwritten()
 
     # -- receiving -------------------------------------------------------
 
@@ -1149,14 +1230,16 @@ class RedisStreamChannel(BaseChannel[T]):
     async def aclose(self) -> None:
         """Close, and wait until queued sends are written and connections are released.
 
-        If cancelled, queued messages not yet written are dropped (senders
-        waiting on them get ``ChannelClosed``) and the connections are
-        released anyway.
+        Raises ``MessagesNotWritten`` if messages queued by ``send_nowait``
+        could not be written (see ``retry_timeout``). If cancelled, queued
+        messages not yet written are dropped (senders waiting on them get
+        ``ChannelClosed``) and the connections are released anyway.
         """
         self.close()
         if self._closing is None:
             self._closing = asyncio.get_running_loop().create_task(self._shutdown())
         await self._closing
+        self._raise_unwritten()
 
     async def _shutdown(self) -> None:
         try:
@@ -1236,6 +1319,12 @@ class RedisStreamChannel(BaseChannel[T]):
             logger.debug("channel %r: handed %d entries back to the group", self._name, returned)
 
     async def __aenter__(self) -> RedisStreamChannel[Any]:
+        """Check that Redis answers: raise its connection error at once if not."""
+        try:
+            await self._execute("PING")
+        except BaseException:
+            await self.aclose()
+            raise
         return self
 
     async def __aexit__(
