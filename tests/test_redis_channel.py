@@ -801,6 +801,10 @@ def test_constructor_checks_its_arguments() -> None:
         RedisStreamChannel("s", group="g", url=url, retry_timeout=0)
     with pytest.raises(TypeError, match="retry_timeout"):
         RedisStreamChannel("s", group="g", url=url, retry_timeout="10")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="dead_letter_maxlen"):
+        RedisStreamChannel("s", group="g", url=url, dead_letter_maxlen=0)
+    with pytest.raises(TypeError, match="dead_letter_maxlen"):
+        RedisStreamChannel("s", group="g", url=url, dead_letter_maxlen=1.5)  # type: ignore[arg-type]
 
 
 async def test_username_and_password(redis_url: str) -> None:
@@ -1001,3 +1005,46 @@ async def test_flush_returns_once_queued_messages_are_written(redis_url: str) ->
         await ch.flush()
         assert await admin.xlen(ch.key) == 5
     await admin.aclose()
+
+
+# -- bounded dead letters, idle consumers ----------------------------------------
+
+
+async def test_the_dead_letter_stream_keeps_the_newest_up_to_its_cap(redis_url: str) -> None:
+    name = unique()
+    ch = channel(redis_url, name, dead_letter_maxlen=3)
+    admin = aioredis.from_url(redis_url)
+    try:
+        await ch.backlog()  # creates the stream and group
+        for number in range(5):
+            await admin.xadd(ch.key, {"unknown": str(number)})  # undecodable: dead-lettered
+        await ch.send(ChannelMessage("fine"))
+        assert (await receive_within(ch)).payload == "fine"
+        letters = await ch.dead_letters()
+        assert [letter.fields for letter in letters] == [
+            {b"unknown": str(number).encode()} for number in (2, 3, 4)
+        ]
+        assert ch.dead_lettered == 5
+    finally:
+        await ch.aclose()
+        await admin.aclose()
+
+
+async def test_prune_consumers_removes_only_idle_ones_holding_nothing(redis_url: str) -> None:
+    name = unique()
+    async with channel(redis_url, name, consumer="done") as done:
+        await done.send(ChannelMessage("handled"))
+        message = await receive_within(done)
+        await message.ack()
+    holder = channel(redis_url, name, consumer="holder")
+    await holder.send(ChannelMessage("held"))
+    await receive_within(holder)  # never acknowledged: stays pending for "holder"
+    await holder.aclose()
+    await asyncio.sleep(0.2)
+    async with channel(redis_url, name, consumer="pruner") as pruner:
+        assert await pruner.prune_consumers(idle=0.1) == ["done"]
+        admin = aioredis.from_url(redis_url)
+        rows = await admin.xinfo_consumers(pruner.key, "workers")
+        await admin.aclose()
+        assert [row["name"].decode() for row in rows] == ["holder"]  # pruner never read
+        assert await pruner.prune_consumers(idle=3600) == []

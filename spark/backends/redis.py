@@ -200,6 +200,16 @@ for i = 1, #ARGV, 2 do
 end
 return {#ARGV / 2, -1}
 """
+# Remove a consumer only if it holds no pending entry (XGROUP DELCONSUMER would
+# drop them): KEYS[1] the stream; ARGV the group and the consumer. 1 if removed.
+_DELETE_IDLE_CONSUMER = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then
+    return 0
+end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 _SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_BOUNDED_XADD, _XADD_MANY)}
 
 
@@ -386,6 +396,9 @@ class RedisStreamChannel(BaseChannel[T]):
       (what ``Node.stop()`` and a stopping graph put in a mailbox) is for the
       workers reading this object, so it is delivered to them directly and
       never written to Redis.
+    * The dead-letter stream keeps the newest ``dead_letter_maxlen``
+      entries (``None``: all of them). ``prune_consumers(idle=...)`` removes
+      the group's consumers that are gone and hold nothing.
     * Trimming under ``maxlen`` keeps whatever any group on the stream still
       needs, so an abandoned group on the same stream stops trimming (not
       sending); remove it with ``XGROUP DESTROY``.
@@ -409,6 +422,7 @@ class RedisStreamChannel(BaseChannel[T]):
         key_prefix: str = "spark:",
         connection_options: Mapping[str, Any] | None = None,
         retry_timeout: float | None = 10.0,
+        dead_letter_maxlen: int | None = 10_000,
         observers: Iterable[ObserverCallable] | None = None,
     ) -> None:
         super().__init__(_check_text("name", name), observers)
@@ -426,6 +440,8 @@ class RedisStreamChannel(BaseChannel[T]):
             _check_positive("max_deliveries", max_deliveries, integer=True)
         if retry_timeout is not None:
             _check_positive("retry_timeout", retry_timeout)
+        if dead_letter_maxlen is not None:
+            _check_positive("dead_letter_maxlen", dead_letter_maxlen, integer=True)
         if not isinstance(key_prefix, str):
             raise TypeError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
         self._claim_idle = float(claim_idle)
@@ -435,6 +451,9 @@ class RedisStreamChannel(BaseChannel[T]):
         self._maxlen = maxlen
         self._max_deliveries = max_deliveries
         self._retry_timeout = None if retry_timeout is None else float(retry_timeout)
+        self._dead_letter_cap: tuple[str, ...] = (
+            () if dead_letter_maxlen is None else ("MAXLEN", str(dead_letter_maxlen))
+        )
         self._codec = resolve_codec(codec)
         self._codec_name = self._codec.name.encode()
         self._key = f"{key_prefix}stream:{name}"
@@ -998,7 +1017,7 @@ class RedisStreamChannel(BaseChannel[T]):
             ]  # fmt: skip
             for name, value in fields.items():
                 record += (name, value)
-            queue("XADD", self._dead_key, "*", *record)
+            queue("XADD", self._dead_key, *self._dead_letter_cap, "*", *record)
         ids = [entry_id for entry_id, *_ in dead] + gone
         queue("XACK", self._key, self._group, *ids)
         await pipe.execute()
@@ -1155,6 +1174,32 @@ class RedisStreamChannel(BaseChannel[T]):
                 lag = info.get("lag")
                 return Backlog(int(length), int(info["pending"]), None if lag is None else int(lag))
         return Backlog(int(length), 0, int(length))
+
+    async def prune_consumers(self, idle: float) -> list[str]:
+        """Remove the group's consumers idle for ``idle`` seconds that hold nothing.
+
+        A consumer that stopped for good (a worker process that is gone)
+        stays listed in the group; once its pending entries were reclaimed
+        by the others (after ``claim_idle``), this removes it. Consumers
+        still holding pending entries, and this channel's own, are kept.
+        Returns the names removed.
+        """
+        _check_positive("idle", idle)
+        await self._ensure_group()
+        rows = await self._execute("XINFO", "CONSUMERS", self._key, self._group)
+        removed: list[str] = []
+        for row in rows:
+            info = _mapping(row)
+            name = _text(info["name"])
+            if name == self._consumer or int(info["pending"]) or int(info["idle"]) < idle * 1000:
+                continue
+            # XGROUP DELCONSUMER drops a consumer's pending entries with it:
+            # only one that still holds none is removed (checked atomically).
+            if await self._execute("EVAL", _DELETE_IDLE_CONSUMER, 1, self._key, self._group, name):
+                removed.append(name)
+        if removed:
+            logger.info("channel %r: removed idle consumers %s", self._name, removed)
+        return removed
 
     async def dead_letters(self, count: int = 100, *, after: str | None = None) -> list[DeadLetter]:
         """The oldest ``count`` dead letters (those after id ``after``, if given)."""
