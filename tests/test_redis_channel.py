@@ -801,6 +801,8 @@ def test_constructor_checks_its_arguments() -> None:
         RedisStreamChannel("s", group="g", url=url, retry_timeout=0)
     with pytest.raises(TypeError, match="retry_timeout"):
         RedisStreamChannel("s", group="g", url=url, retry_timeout="10")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="trim_acknowledged"):
+        RedisStreamChannel("s", group="g", url=url, trim_acknowledged=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="dead_letter_maxlen"):
         RedisStreamChannel("s", group="g", url=url, dead_letter_maxlen=0)
     with pytest.raises(TypeError, match="dead_letter_maxlen"):
@@ -1048,3 +1050,65 @@ async def test_prune_consumers_removes_only_idle_ones_holding_nothing(redis_url:
         await admin.aclose()
         assert [row["name"].decode() for row in rows] == ["holder"]  # pruner never read
         assert await pruner.prune_consumers(idle=3600) == []
+
+
+# -- trimming what every group acknowledged ---------------------------------------
+
+
+async def stream_length_becomes(admin: aioredis.Redis, key: str, most: int) -> bool:
+    for _ in range(200):
+        if await admin.xlen(key) <= most:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def test_acknowledged_entries_are_trimmed(redis_url: str) -> None:
+    name = unique()
+    admin = aioredis.from_url(redis_url)
+    async with channel(redis_url, name) as ch:
+        await ch.send_many([ChannelMessage(number) for number in range(50)])
+        first = await ch.receive_many(20)
+        await ch.ack_many(first)
+        # the 30 fetched (prefetched) but not acknowledged stay
+        assert await stream_length_becomes(admin, ch.key, 30)
+        assert await admin.xlen(ch.key) == 30
+        rest = [await receive_within(ch) for _ in range(30)]
+        assert [m.payload for m in first + rest] == list(range(50))
+        await asyncio.sleep(1.1)  # at most one trim a second
+        await ch.ack_many(rest)
+        assert await stream_length_becomes(admin, ch.key, 1)
+    await admin.aclose()
+
+
+async def test_trimming_keeps_what_any_group_still_needs(redis_url: str) -> None:
+    name = unique()
+    admin = aioredis.from_url(redis_url)
+    slow = channel(redis_url, name, group="slow")
+    await slow.backlog()  # the group exists, and has read nothing
+    async with channel(redis_url, name, group="fast") as fast:
+        await fast.send_many([ChannelMessage(number) for number in range(10)])
+        await fast.ack_many([await receive_within(fast) for _ in range(10)])
+        await asyncio.sleep(0.2)
+        assert await admin.xlen(fast.key) == 10  # "slow" has read none of them
+        held = await receive_within(slow)  # pending for "slow" from now on
+        await slow.ack_many([await receive_within(slow) for _ in range(9)])
+        await asyncio.sleep(1.1)
+        await fast.send(ChannelMessage("more"))
+        await fast.ack_many([await receive_within(fast)])
+        await asyncio.sleep(0.2)
+        assert await admin.xlen(fast.key) == 11  # from the one "slow" still holds
+        await held.ack()
+    await slow.aclose()
+    await admin.aclose()
+
+
+async def test_trimming_can_be_turned_off(redis_url: str) -> None:
+    name = unique()
+    admin = aioredis.from_url(redis_url)
+    async with channel(redis_url, name, trim_acknowledged=False) as ch:
+        await ch.send_many([ChannelMessage(number) for number in range(10)])
+        await ch.ack_many([await receive_within(ch) for _ in range(10)])
+        await asyncio.sleep(0.2)
+        assert await admin.xlen(ch.key) == 10
+    await admin.aclose()

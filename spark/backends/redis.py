@@ -138,6 +138,7 @@ DEAD_CONSUMER = b"dead:consumer"
 # An entry handed back at close looks idle this long, so that any consumer's
 # XAUTOCLAIM takes it at once (Redis clamps idle times reaching before 1970).
 _HAND_BACK_IDLE_MS = 365 * 24 * 3600 * 1000
+_TRIM_INTERVAL = 1.0  # seconds between two trims of acknowledged entries, at most
 _FIRST_RETRY = 0.005
 _LAST_RETRY = 0.25
 
@@ -208,6 +209,30 @@ if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then
 end
 redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
+"""
+
+# Trim what every group of the stream has acknowledged: entries older than the
+# oldest one a group still has pending or has not read yet. KEYS[1]: the stream.
+_TRIM_ACKNOWLEDGED = """
+local function older(a, b)
+  local ams, aseq = string.match(a, '(%d+)-(%d+)')
+  local bms, bseq = string.match(b, '(%d+)-(%d+)')
+  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
+  return ams < bms or (ams == bms and aseq < bseq)
+end
+local keep = nil
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, oldest
+  for i = 1, #group, 2 do
+    if group[i] == 'name' then name = group[i + 1] end
+    if group[i] == 'last-delivered-id' then oldest = group[i + 1] end
+  end
+  local pending = redis.call('XPENDING', KEYS[1], name)
+  if pending[1] > 0 then oldest = pending[2] end
+  if keep == nil or older(oldest, keep) then keep = oldest end
+end
+if keep == nil then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MINID', keep)
 """
 
 _SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_BOUNDED_XADD, _XADD_MANY)}
@@ -396,6 +421,9 @@ class RedisStreamChannel(BaseChannel[T]):
       (what ``Node.stop()`` and a stopping graph put in a mailbox) is for the
       workers reading this object, so it is delivered to them directly and
       never written to Redis.
+    * Entries every group on the stream has acknowledged are trimmed as
+      acks go out, at most once a second (``trim_acknowledged=False`` keeps
+      them); a group created later starts from what is left.
     * The dead-letter stream keeps the newest ``dead_letter_maxlen``
       entries (``None``: all of them). ``prune_consumers(idle=...)`` removes
       the group's consumers that are gone and hold nothing.
@@ -423,6 +451,7 @@ class RedisStreamChannel(BaseChannel[T]):
         connection_options: Mapping[str, Any] | None = None,
         retry_timeout: float | None = 10.0,
         dead_letter_maxlen: int | None = 10_000,
+        trim_acknowledged: bool = True,
         observers: Iterable[ObserverCallable] | None = None,
     ) -> None:
         super().__init__(_check_text("name", name), observers)
@@ -451,6 +480,12 @@ class RedisStreamChannel(BaseChannel[T]):
         self._maxlen = maxlen
         self._max_deliveries = max_deliveries
         self._retry_timeout = None if retry_timeout is None else float(retry_timeout)
+        if not isinstance(trim_acknowledged, bool):
+            raise TypeError(
+                f"trim_acknowledged must be True or False, got {type(trim_acknowledged).__name__}"
+            )
+        self._trim_acknowledged = trim_acknowledged
+        self._next_trim = 0.0
         self._dead_letter_cap: tuple[str, ...] = (
             () if dead_letter_maxlen is None else ("MAXLEN", str(dead_letter_maxlen))
         )
@@ -1126,6 +1161,23 @@ class RedisStreamChannel(BaseChannel[T]):
         else:
             self._in_hand.difference_update(batch.ids)
             batch.future.set_result(None)
+            if self._trim_acknowledged and monotonic() >= self._next_trim:
+                self._start_trim()
+
+    def _start_trim(self) -> None:
+        """Trim what every group acknowledged, in the background, at most once a second."""
+        self._next_trim = monotonic() + _TRIM_INTERVAL
+        task = asyncio.get_running_loop().create_task(
+            self._trim(), name=f"spark-redis-trim:{self._name}"
+        )
+        self._ack_tasks.add(task)
+        task.add_done_callback(self._ack_tasks.discard)
+
+    async def _trim(self) -> None:
+        try:
+            await self._execute("EVAL", _TRIM_ACKNOWLEDGED, 1, self._key)
+        except Exception as error:  # the next acks try again
+            logger.warning("channel %r: could not trim the stream: %s", self._name, error)
 
     async def ack_many(self, messages: Iterable[ChannelMessage[Any]]) -> None:
         """Acknowledge messages received from this channel in one XACK.
