@@ -143,10 +143,12 @@ async def test_shutdown_messages_keep_their_place(redis_url: str) -> None:
         assert (second.payload, second.is_shutdown) == (None, True)
         assert (third.payload, third.is_shutdown) == ({"final": True}, True)
         assert third.metadata["reason"] == "drain"
-        # Shutdowns are acknowledged on delivery; "a" waits for its handler's ack.
+        # Shutdowns are acknowledged when handled, as any message is.
+        assert await pending_becomes(ch, 3)
+        assert second.ack is not None and third.ack is not None
+        await second.ack()
+        await third.ack()
         assert await pending_becomes(ch, 1)
-        assert third.ack is not None
-        await third.ack()  # harmless
     finally:
         await ch.aclose()
 

@@ -416,8 +416,9 @@ class RedisStreamChannel(BaseChannel[T]):
       out as one XACK.
     * A shutdown message goes through the stream like any other and reaches
       one consumer of the group (send one per consumer to stop them all).
-      It is acknowledged as it is handed to the receiver: it carries no work,
-      and one left pending would stop a worker of a later run. A stop request
+      Like any message it is acknowledged when handled (a node's default
+      loop does so once it has counted it); one left pending is delivered
+      again after ``claim_idle``, and would stop a later worker. A stop request
       (what ``Node.stop()`` and a stopping graph put in a mailbox) is for the
       workers reading this object, so it is delivered to them directly and
       never written to Redis.
@@ -881,10 +882,6 @@ class RedisStreamChannel(BaseChannel[T]):
         if entry_id:  # not a local stop request
             self._ready_ids.discard(entry_id)
             self._in_hand.add(entry_id)
-            if delivery.message.is_shutdown:
-                # A shutdown carries no work: acknowledged on delivery, so that
-                # one left pending never stops a worker of a later run.
-                self._queue_ack(entry_id)
         return delivery.message
 
     def _wake_receivers(self) -> None:
