@@ -1,4 +1,5 @@
-"""RedisStreamChannel throughput on loopback: pipelined sends, batched receives with grouped acks.
+"""RedisStreamChannel throughput on loopback: pipelined sends, batched receives with
+grouped acks, and a Node's default loop acknowledging each message.
 
 Under ``make bench`` (pytest-benchmark) each case reports its time per round
 (the receive rounds include writing the messages they then read) and, in
@@ -72,9 +73,40 @@ async def batched_receive(url: str, count: int, batch_size: int) -> float:
         await consumer.aclose()
 
 
+async def node_loop(url: str, count: int, batch_size: int) -> float:
+    """Seconds for a Node's default loop to handle ``count`` messages from a Redis mailbox.
+
+    ``process`` does nothing and returns nothing (a sink); every message is
+    acknowledged by the loop, as in a pipeline stage.
+    """
+    from spark.nodes import Node
+    from spark.nodes.channels import ChannelMessage
+
+    class Sink(Node):
+        def process(self, payload: Any) -> None:
+            return None
+
+    name = f"bench-{uuid.uuid4().hex}"
+    producer = _channel(url, name, batch_size=1000)
+    await producer.send_many([*_messages(count), ChannelMessage(None, is_shutdown=True)])
+    await producer.aclose()
+    mailbox = _channel(url, name, batch_size=batch_size)
+    try:
+        await mailbox.backlog()
+        node = Sink(mailbox=mailbox)
+        started = time.perf_counter()
+        await node.go()
+        elapsed = time.perf_counter() - started
+        assert node.stats().processed == count and (await mailbox.backlog()).pending == 0
+        return elapsed
+    finally:
+        await mailbox.aclose()
+
+
 SCENARIOS: dict[str, Callable[[str, int, int], Coroutine[Any, Any, float]]] = {
     "pipelined send": pipelined_send,
     "batched receive + grouped ack": batched_receive,
+    "node loop, ack per message": node_loop,
 }
 
 
@@ -120,6 +152,10 @@ def bench_redis_pipelined_send(benchmark: Any, loop: Any, redis_url: str) -> Non
 
 def bench_redis_batched_receive_grouped_acks(benchmark: Any, loop: Any, redis_url: str) -> None:
     _bench(benchmark, loop, "batched receive + grouped ack", redis_url)
+
+
+def bench_redis_node_loop(benchmark: Any, loop: Any, redis_url: str) -> None:
+    _bench(benchmark, loop, "node loop, ack per message", redis_url)
 
 
 # -- as a script -----------------------------------------------------------------

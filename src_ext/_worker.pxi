@@ -158,6 +158,8 @@ async def run_worker(node, WorkerState state, InMemoryChannel mailbox, shutdowns
                 mailbox._wake_senders()
         else:
             message = payload = result = None  # hold nothing of the last message while waiting
+            if node._unsettled_acks:  # acks under way: settled before waiting
+                await node._settle_acks()
             state.receiving = True
             try:
                 message = await _receiving(mailbox)
@@ -210,4 +212,6 @@ async def run_worker(node, WorkerState state, InMemoryChannel mailbox, shutdowns
             continue
         state.processed += 1
         if ((<ChannelMessage>message).ack if exact else message.ack) is not None:
-            await node._acknowledge(message)
+            pending = node._start_ack(message)
+            if pending is not None:
+                await pending

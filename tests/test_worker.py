@@ -380,3 +380,73 @@ async def test_source_node_is_the_id_the_node_was_made_with() -> None:
     await a.mailbox.send(shutdown())
     await asyncio.wait_for(a.go(), 10)
     assert [m.metadata["source_node"] for m in drain(b.mailbox)] == ["a", "a"]
+
+
+# -- acks under way (futures) are settled before the worker waits or ends ------
+
+
+async def test_future_acks_are_awaited_together_before_the_worker_waits(
+    node_build: Any,
+) -> None:
+    loop = asyncio.get_running_loop()
+    acks = [loop.create_future() for _ in range(3)]
+    calls: list[int] = []
+
+    def ack_of(index: int) -> Any:
+        def ack() -> asyncio.Future[None]:
+            calls.append(index)
+            return acks[index]  # under way already, as a Redis mailbox's XACK
+
+        return ack
+
+    node = Node()
+    for index in range(3):
+        node.mailbox.send_nowait(node_build.ChannelMessage(index, ack=ack_of(index)))
+    worker = asyncio.ensure_future(node.go())
+    await settle()
+    assert calls == [0, 1, 2]  # each started once its message was handled
+    assert node.stats().processed == 3 and not node._receiving  # waiting on the acks
+    acks[0].set_result(None)
+    acks[1].set_exception(RuntimeError("XACK failed"))  # logged, the worker goes on
+    await settle()
+    assert not node._receiving
+    acks[2].set_result(None)
+    await settle()
+    assert node._receiving  # now waiting for a message
+    node.mailbox.send_nowait(shutdown())
+    await asyncio.wait_for(worker, 5)
+
+
+async def test_a_worker_ends_only_once_its_acks_under_way_are_done(node_build: Any) -> None:
+    loop = asyncio.get_running_loop()
+    ack = loop.create_future()
+    node = Node()
+    node.mailbox.send_nowait(node_build.ChannelMessage(1, ack=lambda: ack))
+    node.mailbox.send_nowait(shutdown())
+    worker = asyncio.ensure_future(node.go())
+    await settle()
+    assert not worker.done()
+    ack.set_result(None)
+    await asyncio.wait_for(worker, 5)
+
+
+async def test_coroutine_acks_are_awaited_before_the_next_message(node_build: Any) -> None:
+    events: list[str] = []
+
+    class Record(Node):
+        def process(self, payload: Any) -> None:
+            events.append(f"process {payload}")
+
+    def ack_of(index: int) -> Any:
+        async def ack() -> None:
+            await asyncio.sleep(0)
+            events.append(f"ack {index}")
+
+        return ack
+
+    node = Record()
+    for index in range(2):
+        node.mailbox.send_nowait(node_build.ChannelMessage(index, ack=ack_of(index)))
+    node.mailbox.send_nowait(shutdown())
+    await asyncio.wait_for(node.go(), 5)
+    assert events == ["process 0", "ack 0", "process 1", "ack 1"]

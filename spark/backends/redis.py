@@ -302,7 +302,8 @@ class _Ack:
         self._channel = channel
         self._entry_id = entry_id
 
-    def __call__(self) -> Awaitable[None]:
+    def __call__(self) -> asyncio.Future[None]:
+        """Queue the XACK now; the future is done once Redis acknowledged the entry."""
         return self._channel._ack(self._entry_id)
 
     def __repr__(self) -> str:
@@ -412,8 +413,10 @@ class RedisStreamChannel(BaseChannel[T]):
     * The sender's ``ack`` callback is not carried: received messages get an
       ``ack`` that acknowledges the entry. Calling it again does nothing;
       calling it after the channel finished closing raises ``ChannelClosed``.
-      Acks issued together (``ack_many``, or concurrent ``ack()`` calls) go
-      out as one XACK.
+      Acks issued together (``ack_many``, or ``ack()`` calls in the same
+      loop iteration) go out as one XACK: ``ack()`` queues it at once and
+      returns a future, which a node's default loop keeps and awaits with
+      the others before it waits for more messages.
     * A shutdown message goes through the stream like any other and reaches
       one consumer of the group (send one per consumer to stop them all).
       Like any message it is acknowledged when handled (a node's default
@@ -1120,15 +1123,23 @@ class RedisStreamChannel(BaseChannel[T]):
 
     # -- acknowledging ---------------------------------------------------
 
-    async def _ack(self, entry_id: bytes) -> None:
+    def _ack(self, entry_id: bytes) -> asyncio.Future[None]:
+        """The XACK of ``entry_id``, queued at once (with the others of this loop iteration)."""
+        loop = asyncio.get_running_loop()
         if entry_id not in self._in_hand:
-            return  # acknowledged already
+            done = loop.create_future()  # acknowledged already
+            done.set_result(None)
+            return done
         if self._released:
-            raise ChannelClosed(
-                f"channel {self._name!r} is closed; entry {entry_id.decode()} stays pending "
-                f"and will be delivered again after claim_idle"
+            refused = loop.create_future()
+            refused.set_exception(
+                ChannelClosed(
+                    f"channel {self._name!r} is closed; entry {entry_id.decode()} stays pending "
+                    f"and will be delivered again after claim_idle"
+                )
             )
-        await asyncio.shield(self._queue_ack(entry_id).future)
+            return refused
+        return asyncio.shield(self._queue_ack(entry_id).future)
 
     def _queue_ack(self, entry_id: bytes) -> _AckBatch:
         """Add ``entry_id`` to the XACK about to be sent, starting one if needed."""

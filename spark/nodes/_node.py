@@ -8,7 +8,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from types import CoroutineType
 from typing import Any, TypeVar
@@ -36,6 +36,18 @@ _trace_bits = _trace_random.getrandbits
 _monotonic = time.monotonic
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _trace_random.seed(os.urandom(32)))
+
+# Acks under way that make the worker wait for them before it goes on.
+_MAX_UNSETTLED_ACKS = 1000
+
+
+def _would_wait(mailbox: BaseChannel[Any]) -> bool:
+    """Whether a receive may wait: the mailbox is empty, or cannot say."""
+    try:
+        return mailbox.empty()
+    except NotImplementedError:
+        return True
+
 
 # What process() commonly returns; none of these can be awaited.
 _PLAIN_RESULTS = frozenset({int, float, str, bytes, bool, dict, list, tuple, set})
@@ -136,6 +148,8 @@ class Node:
         self._state = new_state(mailbox)
         self._edges: list[Edge] = []
         self._incoming: list[Edge] = []
+        # Acks under way (futures), awaited before the worker waits or ends.
+        self._unsettled_acks: list[asyncio.Future[None]] = []
 
     # -- identity --------------------------------------------------------
 
@@ -266,7 +280,10 @@ class Node:
         """Work through the mailbox until shut down or stopped.
 
         For each message: ``process`` its payload, send the result to every
-        successor, then await the message's ``ack``. A failure in ``process``
+        successor, then acknowledge it: its ``ack`` is awaited, or, when it
+        returns a future (an ack already under way, as a Redis mailbox's),
+        awaited later with the others, before the worker waits for a message
+        or returns. A failure in ``process``
         or in sending is logged, counted and dead-lettered; the loop goes on
         and the message is not acknowledged.
 
@@ -276,6 +293,14 @@ class Node:
         After ``stop()`` it ends once the message in hand is done, without
         telling the successors.
         """
+        try:
+            await self._work()
+        finally:
+            if self._unsettled_acks:  # acks under way: the worker ends once they are done
+                await self._settle_acks()
+
+    async def _work(self) -> None:
+        """The loop of ``go()``."""
         shutdowns = ShutdownCounter(self._predecessor_ids())
         custom_emit = type(self).emit is not Node.emit
         compiled = compiled_loop(self)
@@ -300,6 +325,8 @@ class Node:
                     pass  # the receive below waits, or raises ChannelClosed
             if message is None:
                 result = None  # hold nothing of the last message while waiting
+                if self._unsettled_acks and _would_wait(mailbox):
+                    await self._settle_acks()
                 state.receiving = True
                 try:
                     message = await mailbox.receive()
@@ -346,7 +373,9 @@ class Node:
                 continue
             state.processed += 1
             if message.ack is not None:
-                await self._acknowledge(message)
+                pending = self._start_ack(message)
+                if pending is not None:
+                    await pending
 
     def stop(self) -> None:
         """Ask the worker to return once the message in hand is done.
@@ -407,6 +436,50 @@ class Node:
             if not route.deliver_now(payload, source, trace_id, timestamp):
                 metadata = {"source_node": source, "trace_id": trace_id, "timestamp": timestamp}
                 await route.channel.send(route.message_type(payload, metadata))
+
+    def _start_ack(self, message: ChannelMessage[Any]) -> Awaitable[None] | None:
+        """Start the ack of a handled message; what to await now, if anything.
+
+        An ack that returns a future is under way already (a Redis
+        mailbox's XACK, which travels with the others of the batch): it is
+        kept, and awaited with the others before the worker waits for a
+        message or ends. Any other ack is awaited now. Failures are logged.
+        """
+        try:
+            outcome = message.ack()  # type: ignore[misc]
+        except Exception:
+            logger.exception("node %r: the ack of a handled message failed", self._name)
+            return None
+        if isinstance(outcome, asyncio.Future):
+            if outcome.done():
+                self._report_ack_outcome(outcome)
+                return None
+            self._unsettled_acks.append(outcome)
+            if len(self._unsettled_acks) >= _MAX_UNSETTLED_ACKS:
+                return self._settle_acks()
+            return None
+        return self._await_ack(outcome)
+
+    async def _await_ack(self, outcome: Awaitable[None]) -> None:
+        try:
+            await outcome
+        except Exception:
+            logger.exception("node %r: the ack of a handled message failed", self._name)
+
+    async def _settle_acks(self) -> None:
+        """Wait for the acks under way; log those that failed."""
+        acks, self._unsettled_acks = self._unsettled_acks, []
+        await asyncio.wait(acks)
+        for ack in acks:
+            self._report_ack_outcome(ack)
+
+    def _report_ack_outcome(self, ack: asyncio.Future[None]) -> None:
+        if not ack.cancelled() and ack.exception() is not None:
+            logger.error(
+                "node %r: the ack of a handled message failed",
+                self._name,
+                exc_info=ack.exception(),
+            )
 
     async def _acknowledge(self, message: ChannelMessage[Any]) -> None:
         if message.ack is not None:
