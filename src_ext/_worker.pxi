@@ -145,6 +145,7 @@ cdef object _receiving(InMemoryChannel mailbox):
 async def run_worker(node, WorkerState state, InMemoryChannel mailbox, shutdowns, bint custom_emit):
     """``Node.go`` for a node whose mailbox is a compiled ``InMemoryChannel``."""
     cdef list edges = node._edges
+    cdef list unsettled_acks = node._unsettled_acks  # emptied in place by node._settle_acks()
     cdef str source = node._id  # as Node.go: the id it was made with
     cdef object binding = None
     cdef tuple outgoing = ()
@@ -158,7 +159,7 @@ async def run_worker(node, WorkerState state, InMemoryChannel mailbox, shutdowns
                 mailbox._wake_senders()
         else:
             message = payload = result = None  # hold nothing of the last message while waiting
-            if node._unsettled_acks:  # acks under way: settled before waiting
+            if PyList_GET_SIZE(unsettled_acks):  # acks under way: settled before waiting
                 await node._settle_acks()
             state.receiving = True
             try:

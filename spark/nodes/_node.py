@@ -293,89 +293,88 @@ class Node:
         After ``stop()`` it ends once the message in hand is done, without
         telling the successors.
         """
-        try:
-            await self._work()
-        finally:
-            if self._unsettled_acks:  # acks under way: the worker ends once they are done
-                await self._settle_acks()
-
-    async def _work(self) -> None:
-        """The loop of ``go()``."""
         shutdowns = ShutdownCounter(self._predecessor_ids())
         custom_emit = type(self).emit is not Node.emit
         compiled = compiled_loop(self)
-        if compiled is not None:  # the same steps, in C
-            await compiled(self, self._state, self.mailbox, shutdowns, custom_emit)
-            return
-        state = self._state
-        mailbox = self.mailbox
-        # A queued message is taken without an await from a pure in-memory
-        # mailbox without observers (whose receive would not wait either).
-        takes_nowait = type(mailbox) is _PyInMemory and not is_patched(mailbox, "receive")
-        edges = self._edges
-        source = self._id
-        binding: RunBinding | None = None
-        outgoing: list[Route] = []
-        while not state.stop_requested:
-            message = None
-            if takes_nowait and not mailbox._observers:
+        try:
+            if compiled is not None:  # the same steps, in C
+                await compiled(self, self._state, self.mailbox, shutdowns, custom_emit)
+                return
+            state = self._state
+            mailbox = self.mailbox
+            # A queued message is taken without an await from a pure in-memory
+            # mailbox without observers (whose receive would not wait either).
+            takes_nowait = type(mailbox) is _PyInMemory and not is_patched(mailbox, "receive")
+            edges = self._edges
+            source = self._id
+            unsettled_acks = self._unsettled_acks
+            binding: RunBinding | None = None
+            outgoing: list[Route] = []
+            while not state.stop_requested:
+                message = None
+                if takes_nowait and not mailbox._observers:
+                    try:
+                        message = mailbox.receive_nowait()
+                    except (asyncio.QueueEmpty, ChannelClosed):
+                        pass  # the receive below waits, or raises ChannelClosed
+                if message is None:
+                    result = None  # hold nothing of the last message while waiting
+                    if unsettled_acks and _would_wait(mailbox):
+                        await self._settle_acks()
+                    state.receiving = True
+                    try:
+                        message = await mailbox.receive()
+                    except ChannelClosed:
+                        if not state.stop_requested:
+                            await self._send_shutdown(None)
+                        return
+                    finally:
+                        state.receiving = False
+                if message.is_shutdown:
+                    if await self._on_shutdown(message, shutdowns):
+                        return
+                    continue
                 try:
-                    message = mailbox.receive_nowait()
-                except (asyncio.QueueEmpty, ChannelClosed):
-                    pass  # the receive below waits, or raises ChannelClosed
-            if message is None:
-                result = None  # hold nothing of the last message while waiting
-                if self._unsettled_acks and _would_wait(mailbox):
-                    await self._settle_acks()
-                state.receiving = True
-                try:
-                    message = await mailbox.receive()
-                except ChannelClosed:
-                    if not state.stop_requested:
-                        await self._send_shutdown(None)
-                    return
-                finally:
-                    state.receiving = False
-            if message.is_shutdown:
-                if await self._on_shutdown(message, shutdowns):
-                    return
-                continue
-            try:
-                result = self.process(message.payload)
-                # The type test first spares a call for the common plain results.
-                if type(result) not in _PLAIN_RESULTS and _is_awaitable(result):
-                    result = await result
-                if result is not None:
-                    if custom_emit:
-                        await self.emit(result, parent=message)
-                    else:  # emit(), with the routes of the run looked up once
-                        if state.binding is not binding:  # a run began or ended
-                            binding = state.binding
-                            outgoing = [] if binding is None else routes(binding.outgoing)
-                        if binding is not None and len(outgoing) == len(edges):
-                            here = outgoing
-                        else:
-                            here = routes(self._outgoing_channels())
-                        if not here:
-                            self._output(result)
-                        else:
-                            trace_id = _trace_id(message)
-                            timestamp = _monotonic()
-                            sent = 0
-                            for route in here:  # _send_along(), until a send must wait
-                                if not route.deliver_now(result, source, trace_id, timestamp):
-                                    await self._send_along(here[sent:], result, trace_id, timestamp)
-                                    break
-                                sent += 1
-            except Exception as error:
-                state.failed += 1
-                await self._report_failure(message, error)
-                continue
-            state.processed += 1
-            if message.ack is not None:
-                pending = self._start_ack(message)
-                if pending is not None:
-                    await pending
+                    result = self.process(message.payload)
+                    # The type test first spares a call for the common plain results.
+                    if type(result) not in _PLAIN_RESULTS and _is_awaitable(result):
+                        result = await result
+                    if result is not None:
+                        if custom_emit:
+                            await self.emit(result, parent=message)
+                        else:  # emit(), with the routes of the run looked up once
+                            if state.binding is not binding:  # a run began or ended
+                                binding = state.binding
+                                outgoing = [] if binding is None else routes(binding.outgoing)
+                            if binding is not None and len(outgoing) == len(edges):
+                                here = outgoing
+                            else:
+                                here = routes(self._outgoing_channels())
+                            if not here:
+                                self._output(result)
+                            else:
+                                trace_id = _trace_id(message)
+                                timestamp = _monotonic()
+                                sent = 0
+                                for route in here:  # _send_along(), until a send must wait
+                                    if not route.deliver_now(result, source, trace_id, timestamp):
+                                        await self._send_along(
+                                            here[sent:], result, trace_id, timestamp
+                                        )
+                                        break
+                                    sent += 1
+                except Exception as error:
+                    state.failed += 1
+                    await self._report_failure(message, error)
+                    continue
+                state.processed += 1
+                if message.ack is not None:
+                    pending = self._start_ack(message)
+                    if pending is not None:
+                        await pending
+        finally:
+            if self._unsettled_acks:  # acks under way: the worker ends once they are done
+                await self._settle_acks()
 
     def stop(self) -> None:
         """Ask the worker to return once the message in hand is done.
@@ -468,7 +467,8 @@ class Node:
 
     async def _settle_acks(self) -> None:
         """Wait for the acks under way; log those that failed."""
-        acks, self._unsettled_acks = self._unsettled_acks, []
+        acks = self._unsettled_acks[:]
+        self._unsettled_acks.clear()  # the same list: the loops hold on to it
         await asyncio.wait(acks)
         for ack in acks:
             self._report_ack_outcome(ack)
