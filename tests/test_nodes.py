@@ -561,3 +561,36 @@ async def test_reference_mailbox_worker_runs_as_written() -> None:
     await node_b.mailbox.send(ChannelMessage(payload={"task": "process", "data": data}))
     await run_until_done(node_b, shutdown())
     assert handled == [{"task": "process", "data": [1, 2]}]
+
+
+async def test_a_custom_channel_wakes_its_worker_on_a_stop_request(node_build: Any) -> None:
+    """spark.nodes.is_stop_request lets a channel over a shared backend keep
+    Node.stop()'s request local instead of writing it to the backend."""
+    from spark.nodes import is_stop_request
+
+    class Remote(BaseChannel):
+        def __init__(self) -> None:
+            super().__init__(name="remote")
+            self.written: list[Any] = []  # what went to the "backend"
+            self.local: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def send(self, message: Any) -> None:
+            self.send_nowait(message)
+
+        def send_nowait(self, message: Any) -> None:
+            if is_stop_request(message):
+                self.local.put_nowait(message)  # for the workers reading this object
+            else:
+                self.written.append(message)
+
+        async def receive(self) -> Any:
+            return await self.local.get()
+
+    mailbox = Remote()
+    node = Node(mailbox=mailbox)
+    worker = asyncio.ensure_future(node.go())
+    await asyncio.sleep(0)
+    node.stop()
+    await asyncio.wait_for(worker, 5)
+    assert mailbox.written == []
+    assert not is_stop_request(ChannelMessage(None, is_shutdown=True))

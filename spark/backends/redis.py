@@ -70,6 +70,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..nodes import _channel_base as _base
+from ..nodes import is_stop_request
 from ..nodes._channel_base import (
     BaseChannel,
     ChannelClosed,
@@ -78,7 +79,6 @@ from ..nodes._channel_base import (
     check_max_items,
     not_a_message,
 )
-from ..nodes._shutdown import is_stop_request
 from ..nodes.channels import ChannelMessage
 from ._codec import Codec, DecodeError, MsgpackCodec, PickleCodec, resolve_codec
 

@@ -20,7 +20,13 @@ def stop_request(source: str) -> ChannelMessage[Any]:
 
 
 def is_stop_request(message: ChannelMessage[Any]) -> bool:
-    """Whether ``message`` is a stop request rather than a shutdown to propagate."""
+    """Whether ``message`` is a stop request rather than a shutdown to propagate.
+
+    ``Node.stop()`` and a stopping graph put one into a node's mailbox to
+    wake its worker. It is for the workers reading that channel object: a
+    channel over a backend shared with other processes (as the Redis one)
+    hands it to its own receivers directly instead of writing it there.
+    """
     return bool(message.metadata and message.metadata.get(STOP_REQUEST))
 
 
