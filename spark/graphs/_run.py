@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from spark.nodes import Edge, Node, _channels_py
-from spark.nodes._channel_base import is_patched
+from spark.nodes._channel_base import empty_or_unknown, is_patched
 from spark.nodes._node import RunBinding
 from spark.nodes._shutdown import stop_request
 from spark.nodes.channels import (
@@ -409,13 +409,9 @@ def _node_idle(node: Node, worker: asyncio.Task[None]) -> bool:
         stats = mailbox.stats()
     except NotImplementedError:
         waiting = node._receiving or type(node).go is not Node.go
-        try:
-            empty = mailbox.empty()
-        except NotImplementedError:
-            # A channel with only send and receive: a default go() waiting
-            # on it found nothing; for a custom go() the run goes by activity.
-            empty = True
-        return waiting and empty
+        # A channel with only send and receive cannot say: a default go()
+        # waiting on it found nothing; for a custom go() the run goes by activity.
+        return waiting and empty_or_unknown(mailbox)
     return stats.size == 0 and stats.receivers_waiting > 0
 
 

@@ -201,6 +201,14 @@ def check_is_shutdown(is_shutdown: object) -> None:
         )
 
 
+def empty_or_unknown(channel: BaseChannel[Any]) -> bool:
+    """Whether ``channel`` is empty, or cannot say (``empty()`` not implemented)."""
+    try:
+        return channel.empty()
+    except NotImplementedError:
+        return True
+
+
 def is_patched(channel: object, *names: str) -> bool:
     """Whether a method of ``channel`` is replaced on the instance.
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from uuid import uuid4
 
 from . import _channels_py
-from ._channel_base import is_patched
+from ._channel_base import empty_or_unknown, is_patched
 from ._edge import Edge
 from ._shutdown import ShutdownCounter, is_stop_request, stop_request
 from ._worker import Route, compiled_loop, new_state, routes
@@ -39,14 +39,6 @@ if hasattr(os, "register_at_fork"):
 
 # Acks under way that make the worker wait for them before it goes on.
 _MAX_UNSETTLED_ACKS = 1000
-
-
-def _would_wait(mailbox: BaseChannel[Any]) -> bool:
-    """Whether a receive may wait: the mailbox is empty, or cannot say."""
-    try:
-        return mailbox.empty()
-    except NotImplementedError:
-        return True
 
 
 # What process() commonly returns; none of these can be awaited.
@@ -319,7 +311,7 @@ class Node:
                         pass  # the receive below waits, or raises ChannelClosed
                 if message is None:
                     result = None  # hold nothing of the last message while waiting
-                    if unsettled_acks and _would_wait(mailbox):
+                    if unsettled_acks and empty_or_unknown(mailbox):  # a receive may wait
                         await self._settle_acks()
                     state.receiving = True
                     try:
