@@ -1,11 +1,13 @@
-"""What the Redis tests share: a server to talk to, and a way to skip without one.
+"""What the Redis tests share: servers to talk to, and a way to skip without them.
 
 ``redis_server()`` backs a session fixture. It yields the URL of
 ``SPARK_REDIS_URL`` when that is set; otherwise it starts a throwaway
 ``redis-server`` on 127.0.0.1 (free port, no persistence) and stops it by
-PID afterwards. Without ``redis-server`` (or without the ``redis`` extra) the
-tests are skipped, unless ``SPARK_REQUIRE_REDIS`` is set, which makes that a
-failure (CI sets it).
+PID afterwards. ``redis_cluster()`` does the same for a 3-master Redis
+Cluster (``SPARK_REDIS_CLUSTER_URL``, or three local servers joined with
+``redis-cli --cluster create``). Without ``redis-server`` (or without the
+``redis`` extra) the tests are skipped, unless ``SPARK_REQUIRE_REDIS`` is
+set, which makes that a failure (CI sets it).
 """
 
 from __future__ import annotations
@@ -14,11 +16,15 @@ import importlib.util
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 REQUIRE_REDIS = bool(os.environ.get("SPARK_REQUIRE_REDIS"))
 EXTERNAL_URL = os.environ.get("SPARK_REDIS_URL") or None
+EXTERNAL_CLUSTER_URL = os.environ.get("SPARK_REDIS_CLUSTER_URL") or None
+CLUSTER_URLS: set[str] = set()
+"""The URLs ``redis_cluster()`` handed out: ``admin_client()`` makes cluster clients for them."""
 
 
 def unavailable(reason: str) -> None:
@@ -60,6 +66,38 @@ def redis_server() -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+def redis_cluster() -> Iterator[str]:
+    """The URL of a node of a Redis Cluster (3 masters) for the session's tests."""
+    if EXTERNAL_CLUSTER_URL is not None:
+        CLUSTER_URLS.add(EXTERNAL_CLUSTER_URL)
+        yield EXTERNAL_CLUSTER_URL
+        return
+    from spark.backends._redis_server import LocalRedisCluster, ServerUnavailable
+
+    cluster = LocalRedisCluster()
+    try:
+        cluster.start()
+    except ServerUnavailable as error:
+        unavailable(
+            f"no Redis Cluster for the tests ({error}); install redis-server and "
+            "redis-tools, or point SPARK_REDIS_CLUSTER_URL at one"
+        )
+    CLUSTER_URLS.add(cluster.url)
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+def admin_client(url: str) -> Any:
+    """A client to look at what the channel did: a ``RedisCluster`` for a cluster URL."""
+    from redis.asyncio import Redis, RedisCluster
+
+    if url.split("?")[0] in CLUSTER_URLS:
+        return RedisCluster.from_url(url)
+    return Redis.from_url(url)
 
 
 def unique(prefix: str = "t") -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_support import redis_server, require_extra, unique
+from redis_support import admin_client, redis_cluster, redis_server, require_extra, unique
 
 require_extra()
 
@@ -25,6 +25,7 @@ from redis.asyncio.connection import SSLConnection  # noqa: E402
 from redis.exceptions import AuthenticationError  # noqa: E402
 from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: E402
 
+from spark.backends._redis_connection import _socket_timeout  # noqa: E402
 from spark.backends._redis_server import LocalRedisServer, ServerUnavailable  # noqa: E402
 from spark.backends.redis import (  # noqa: E402
     METADATA_DELIVERY_COUNT,
@@ -32,14 +33,25 @@ from spark.backends.redis import (  # noqa: E402
     MessagesNotWritten,
     MsgpackCodec,
     RedisStreamChannel,
-    _socket_timeout,
 )
 from spark.nodes.channels import ChannelClosed, ChannelMessage  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def server_url() -> Iterator[str]:
     yield from redis_server()
+
+
+@pytest.fixture(scope="session")
+def cluster_url() -> Iterator[str]:
+    yield from redis_cluster()
+
+
+@pytest.fixture(params=["server", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """Each test that takes it runs against one server, and against a 3-master cluster."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
 
 
 @dataclasses.dataclass
@@ -221,7 +233,7 @@ async def test_ack_removes_the_entry_from_pending(redis_url: str) -> None:
 async def test_concurrent_acks_go_out_as_one_xack(redis_url: str) -> None:
     name = unique()
     ch = channel(redis_url, name)
-    admin = aioredis.from_url(redis_url)
+    admin = admin_client(redis_url)
     try:
         await ch.send_many(ChannelMessage(i) for i in range(20))
         batch = await ch.receive_many(50)
@@ -236,10 +248,13 @@ async def test_concurrent_acks_go_out_as_one_xack(redis_url: str) -> None:
         await admin.aclose()
 
 
-async def xack_calls(admin: aioredis.Redis) -> int:
-    stats = await admin.info("commandstats")
-    entry = stats.get("cmdstat_xack", {"calls": 0})
-    return int(entry["calls"])
+async def xack_calls(client: Any) -> int:
+    """XACK calls the server (every node of a cluster) has run."""
+    if isinstance(client, aioredis.RedisCluster):
+        stats = list((await client.info("commandstats", target_nodes="all")).values())
+    else:
+        stats = [await client.info("commandstats")]
+    return sum(int(s.get("cmdstat_xack", {"calls": 0})["calls"]) for s in stats)
 
 
 async def test_ack_after_close_raises_and_entry_stays_pending(redis_url: str) -> None:
@@ -473,7 +488,7 @@ async def test_undecodable_entries_go_to_dead_letters(
 ) -> None:
     name = unique()
     ch = channel(redis_url, name)
-    admin = aioredis.from_url(redis_url)
+    admin = admin_client(redis_url)
     try:
         await ch.backlog()  # creates the stream and group
         await admin.xadd(ch.key, {"codec": "msgpack", "body": b"\xc1garbage"})
@@ -503,7 +518,7 @@ async def test_pickled_payload_is_refused_by_the_default_codec(
     name = unique()
     target = tmp_path / "pwned"
     ch = channel(redis_url, name)
-    admin = aioredis.from_url(redis_url)
+    admin = admin_client(redis_url)
     try:
         await ch.backlog()
         forged = pickle.dumps((Touch(target), {}, False))
@@ -537,7 +552,7 @@ async def test_backpressure_at_maxlen(redis_url: str) -> None:
     name = unique()
     producer = channel(redis_url, name, maxlen=5)
     consumer = channel(redis_url, name, consumer="c")
-    admin = aioredis.from_url(redis_url)
+    admin = admin_client(redis_url)
     try:
         for i in range(5):
             await asyncio.wait_for(producer.send(ChannelMessage(i)), 5)
@@ -735,7 +750,7 @@ async def test_empty_reflects_the_prefetch_buffer(redis_url: str) -> None:
 
 async def test_deleted_stream_is_recreated(redis_url: str) -> None:
     ch = channel(redis_url, unique())
-    admin = aioredis.from_url(redis_url)
+    admin = admin_client(redis_url)
     try:
         await ch.send(ChannelMessage(1))
         assert (await receive_within(ch)).payload == 1
@@ -748,7 +763,7 @@ async def test_deleted_stream_is_recreated(redis_url: str) -> None:
 
 
 async def test_shared_client_is_left_open(redis_url: str) -> None:
-    client = aioredis.from_url(redis_url)
+    client = admin_client(redis_url)
     try:
         async with RedisStreamChannel(unique(), client=client, group="g", block=0.05) as ch:
             await ch.send(ChannelMessage("shared"))
@@ -768,12 +783,12 @@ def test_tls_and_credentials_in_the_url_are_accepted() -> None:
         group="g",
         consumer="c",
     )
-    kwargs = ch._pool.connection_kwargs
-    assert ch._pool.connection_class is SSLConnection
+    kwargs = ch._redis._pool.connection_kwargs
+    assert ch._redis._pool.connection_class is SSLConnection
     assert (kwargs["username"], kwargs["password"]) == ("alice", "s3cret")
     assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("redis.example", 6380, 2)
     assert "s3cret" not in repr(ch)
-    assert ch.key == "spark:stream:orders" and ch.dead_letter_key == "spark:dead:orders"
+    assert ch.key == "spark:stream:{orders}" and ch.dead_letter_key == "spark:dead:{orders}"
 
 
 def test_constructor_checks_its_arguments() -> None:
@@ -786,7 +801,8 @@ def test_constructor_checks_its_arguments() -> None:
         RedisStreamChannel("s", group="g", client=aioredis.from_url(url, decode_responses=True))
     with pytest.raises(ValueError, match="socket_timeout"):
         RedisStreamChannel("s", group="g", url=f"{url}?socket_timeout=1", block=2)
-    default = _socket_timeout(aioredis.ConnectionPool.from_url(url))  # depends on redis-py
+    # The default depends on redis-py.
+    default = _socket_timeout(aioredis.ConnectionPool.from_url(url).connection_kwargs)
     if default is not None:
         with pytest.raises(ValueError, match="socket_timeout"):
             RedisStreamChannel("s", group="g", url=url, block=default)
@@ -811,12 +827,12 @@ def test_constructor_checks_its_arguments() -> None:
         RedisStreamChannel("s", group="g", url=url, dead_letter_maxlen=1.5)  # type: ignore[arg-type]
 
 
-async def test_username_and_password(redis_url: str) -> None:
-    admin = aioredis.from_url(redis_url)
+async def test_username_and_password(server_url: str) -> None:
+    admin = admin_client(server_url)
     user = unique("user")
     try:
         await admin.execute_command("ACL", "SETUSER", user, "on", ">pa55", "~*", "&*", "+@all")
-        base = redis_url.split("://", 1)[1]
+        base = server_url.split("://", 1)[1]
         name = unique()
         async with RedisStreamChannel(
             name, url=f"redis://{user}:pa55@{base}", group="g", block=0.05
@@ -990,7 +1006,7 @@ async def test_nowait_messages_given_up_on_are_reported_once(reported_by: str) -
 
 async def test_nowait_messages_redis_refuses_are_reported(redis_url: str) -> None:
     name = unique()
-    admin = aioredis.from_url(redis_url)
+    admin = admin_client(redis_url)
     async with channel(redis_url, name) as ch:
         await admin.set(ch.key, "not a stream")  # every write now fails with WRONGTYPE
         ch.send_nowait(ChannelMessage(1))
@@ -1002,7 +1018,7 @@ async def test_nowait_messages_redis_refuses_are_reported(redis_url: str) -> Non
 
 async def test_flush_returns_once_queued_messages_are_written(redis_url: str) -> None:
     name = unique()
-    admin = aioredis.from_url(redis_url)
+    admin = admin_client(redis_url)
     async with channel(redis_url, name) as ch:
         for number in range(5):
             ch.send_nowait(ChannelMessage(number))
@@ -1017,7 +1033,7 @@ async def test_flush_returns_once_queued_messages_are_written(redis_url: str) ->
 async def test_the_dead_letter_stream_keeps_the_newest_up_to_its_cap(redis_url: str) -> None:
     name = unique()
     ch = channel(redis_url, name, dead_letter_maxlen=3)
-    admin = aioredis.from_url(redis_url)
+    admin = admin_client(redis_url)
     try:
         await ch.backlog()  # creates the stream and group
         for number in range(5):
@@ -1047,7 +1063,7 @@ async def test_prune_consumers_removes_only_idle_ones_holding_nothing(redis_url:
     await asyncio.sleep(0.2)
     async with channel(redis_url, name, consumer="pruner") as pruner:
         assert await pruner.prune_consumers(idle=0.1) == ["done"]
-        admin = aioredis.from_url(redis_url)
+        admin = admin_client(redis_url)
         rows = await admin.xinfo_consumers(pruner.key, "workers")
         await admin.aclose()
         assert [row["name"].decode() for row in rows] == ["holder"]  # pruner never read
@@ -1067,7 +1083,7 @@ async def stream_length_becomes(admin: aioredis.Redis, key: str, most: int) -> b
 
 async def test_acknowledged_entries_are_trimmed(redis_url: str) -> None:
     name = unique()
-    admin = aioredis.from_url(redis_url)
+    admin = admin_client(redis_url)
     async with channel(redis_url, name) as ch:
         await ch.send_many([ChannelMessage(number) for number in range(50)])
         first = await ch.receive_many(20)
@@ -1085,7 +1101,7 @@ async def test_acknowledged_entries_are_trimmed(redis_url: str) -> None:
 
 async def test_trimming_keeps_what_any_group_still_needs(redis_url: str) -> None:
     name = unique()
-    admin = aioredis.from_url(redis_url)
+    admin = admin_client(redis_url)
     slow = channel(redis_url, name, group="slow")
     await slow.backlog()  # the group exists, and has read nothing
     async with channel(redis_url, name, group="fast") as fast:
@@ -1107,7 +1123,7 @@ async def test_trimming_keeps_what_any_group_still_needs(redis_url: str) -> None
 
 async def test_trimming_can_be_turned_off(redis_url: str) -> None:
     name = unique()
-    admin = aioredis.from_url(redis_url)
+    admin = admin_client(redis_url)
     async with channel(redis_url, name, trim_acknowledged=False) as ch:
         await ch.send_many([ChannelMessage(number) for number in range(10)])
         await ch.ack_many([await receive_within(ch) for _ in range(10)])

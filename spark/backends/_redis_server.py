@@ -1,8 +1,9 @@
-"""A throwaway local ``redis-server`` for tests, examples and benchmarks (not public API).
+"""Throwaway local Redis servers for tests, examples and benchmarks (not public API).
 
-It listens on 127.0.0.1 on a free port, keeps nothing on disk (no RDB
-snapshots, no append-only file, its working directory is a temporary one),
-and is stopped by its process id.
+``LocalRedisServer`` is one ``redis-server``; ``LocalRedisCluster`` is a
+Redis Cluster of a few of them (masters only). Each listens on 127.0.0.1 on
+a free port, keeps nothing on disk (no RDB snapshots, no append-only file,
+its working directory is a temporary one), and is stopped by its process id.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["LocalRedisServer", "ServerUnavailable", "free_port"]
+__all__ = ["LocalRedisCluster", "LocalRedisServer", "ServerUnavailable", "free_port"]
 
 
 class ServerUnavailable(RuntimeError):
@@ -149,6 +150,103 @@ class LocalRedisServer:
         return Path(self._directory.name)
 
     def __enter__(self) -> LocalRedisServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalRedisCluster:
+    """A Redis Cluster of ``masters`` local servers, every slot assigned, no replicas.
+
+    Start with ``start()`` (or ``with``), read ``url`` (any node's URL
+    reaches the whole cluster through a cluster client), stop with
+    ``stop()``. Needs ``redis-server`` and ``redis-cli`` (Redis >= 7: each
+    node's cluster bus gets its own free port).
+    """
+
+    def __init__(self, masters: int = 3, *, start_timeout: float = 20.0) -> None:
+        if masters < 3:
+            raise ValueError("redis-cli --cluster create needs at least 3 masters")
+        self.masters = masters
+        self.start_timeout = start_timeout
+        self.servers: list[LocalRedisServer] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.servers[0].port}"
+
+    @property
+    def ports(self) -> list[int]:
+        return [server.port for server in self.servers]
+
+    def start(self) -> str:
+        """Start the servers, join them into a cluster and wait until it serves every slot."""
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise ServerUnavailable("'redis-cli' is not installed (not on PATH)")
+        try:
+            for _ in range(self.masters):
+                server = LocalRedisServer(
+                    extra_args=(
+                        "--cluster-enabled", "yes",
+                        "--cluster-port", str(free_port()),
+                        "--cluster-node-timeout", "2000",
+                    ),
+                )  # fmt: skip
+                self.servers.append(server)
+                server.start()
+            nodes = [f"127.0.0.1:{port}" for port in self.ports]
+            created = subprocess.run(
+                [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+                capture_output=True,
+                text=True,
+                timeout=self.start_timeout,
+                stdin=subprocess.DEVNULL,
+            )
+            if created.returncode != 0:
+                raise ServerUnavailable(
+                    f"redis-cli --cluster create failed: {created.stdout[-500:]}{created.stderr}"
+                )
+            self._wait_until_ok(cli)
+        except BaseException:
+            self.stop()
+            raise
+        return self.url
+
+    def _wait_until_ok(self, cli: str) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        waiting = list(self.ports)
+        while waiting:
+            info = subprocess.run(
+                [cli, "-p", str(waiting[0]), "cluster", "info"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                stdin=subprocess.DEVNULL,
+            )
+            if "cluster_state:ok" in info.stdout:
+                waiting.pop(0)
+            elif time.monotonic() > deadline:
+                raise ServerUnavailable(
+                    f"the cluster did not reach cluster_state:ok in {self.start_timeout} s"
+                )
+            else:
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop every server (by its PID) and remove their directories; safe to call twice."""
+        for server in self.servers:
+            server.stop()
+        self.servers.clear()
+
+    def __enter__(self) -> LocalRedisCluster:
         self.start()
         return self
 

@@ -46,8 +46,6 @@ oldest entries.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import inspect
 import logging
 import os
 import socket
@@ -59,15 +57,9 @@ from time import monotonic
 from types import TracebackType
 from typing import Any, TypeVar
 
-from redis.asyncio import ConnectionPool, Redis
-from redis.exceptions import (
-    AuthenticationError,
-    AuthorizationError,
-    NoScriptError,
-    ResponseError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.asyncio import Redis, RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 
 from ..nodes import _channel_base as _base
 from ..nodes import is_stop_request
@@ -81,6 +73,7 @@ from ..nodes._channel_base import (
 )
 from ..nodes.channels import ChannelMessage
 from ._codec import Codec, DecodeError, MsgpackCodec, PickleCodec, resolve_codec
+from ._redis_connection import UNREACHABLE, RedisConnection
 
 __all__ = [
     "METADATA_DELIVERY_COUNT",
@@ -138,6 +131,8 @@ DEAD_CONSUMER = b"dead:consumer"
 # An entry handed back at close looks idle this long, so that any consumer's
 # XAUTOCLAIM takes it at once (Redis clamps idle times reaching before 1970).
 _HAND_BACK_IDLE_MS = 365 * 24 * 3600 * 1000
+# Errors a background task logs and retries later: Redis unreachable, or refusing.
+_RECOVERABLE: tuple[type[Exception], ...] = (*UNREACHABLE, ResponseError)
 _TRIM_INTERVAL = 1.0  # seconds between two trims of acknowledged entries, at most
 _FIRST_RETRY = 0.005
 _LAST_RETRY = 0.25
@@ -235,7 +230,33 @@ if keep == nil then return 0 end
 return redis.call('XTRIM', KEYS[1], 'MINID', keep)
 """
 
-_SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_BOUNDED_XADD, _XADD_MANY)}
+# Move entries to the dead-letter stream and acknowledge them, atomically.
+# KEYS: the stream, the dead-letter stream (one slot: the same hash tag).
+# ARGV: group, dead-letter cap (0: none), how many entries move; then for each
+# entry its id, how many record items follow, and those items (field, value,
+# ...); then the ids to acknowledge without moving (deleted while pending).
+_BURY = """
+local group, cap, moving = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local at = 4
+local ids = {}
+for _ = 1, moving do
+  local id, n = ARGV[at], tonumber(ARGV[at + 1])
+  local record = {}
+  for i = 1, n do record[i] = ARGV[at + 1 + i] end
+  if cap > 0 then
+    redis.call('XADD', KEYS[2], 'MAXLEN', cap, '*', unpack(record))
+  else
+    redis.call('XADD', KEYS[2], '*', unpack(record))
+  end
+  ids[#ids + 1] = id
+  at = at + 2 + n
+end
+for i = at, #ARGV do ids[#ids + 1] = ARGV[i] end
+for first = 1, #ids, 1000 do  -- unpack() has a limit
+  redis.call('XACK', KEYS[1], group, unpack(ids, first, math.min(first + 999, #ids)))
+end
+return #ids
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,25 +342,6 @@ class _AckBatch:
 Entry = tuple[bytes, "dict[bytes, bytes] | None"]
 
 
-def _socket_timeout(pool: ConnectionPool) -> float | None:
-    """The read timeout of the pool's connections: set explicitly, or the class default."""
-    if "socket_timeout" in pool.connection_kwargs:
-        value = pool.connection_kwargs["socket_timeout"]
-    else:
-        value = None
-        for cls in pool.connection_class.__mro__:
-            try:
-                parameters = inspect.signature(vars(cls).get("__init__", object)).parameters
-            except (TypeError, ValueError):
-                continue
-            if "socket_timeout" in parameters:
-                value = parameters["socket_timeout"].default
-                break
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
 def _default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
@@ -365,16 +367,22 @@ def _check_text(name: str, value: object) -> str:
 class RedisStreamChannel(BaseChannel[T]):
     """A channel over a Redis stream and consumer group; see the module docstring.
 
-    ``name`` names the stream (the key is ``{key_prefix}stream:{name}``),
-    ``group`` the consumer group (created on first use, reading from the
-    start of the stream), ``consumer`` this receiver within the group (give a
-    stable name, e.g. per host and worker slot, so that a restarted worker
-    first takes back what it held; by default a unique one is made up).
+    ``name`` names the stream (the key is ``{key_prefix}stream:{{name}}``:
+    the braces make ``name`` the Redis Cluster hash tag, so the stream and
+    its dead-letter stream share one slot), ``group`` the consumer group
+    (created on first use, reading from the start of the stream),
+    ``consumer`` this receiver within the group (give a stable name, e.g.
+    per host and worker slot, so that a restarted worker first takes back
+    what it held; by default a unique one is made up).
+
     Connect with ``url`` (``redis://``, or ``rediss://`` for TLS, with
     ``user:password@`` and query options as redis-py reads them; extra
-    keyword arguments for the connection pool go in ``connection_options``)
-    or share an existing ``client`` (a ``redis.asyncio.Redis`` without
-    ``decode_responses``), which the channel never closes.
+    keyword arguments for the client go in ``connection_options``) or share
+    an existing ``client``, which the channel never closes: a
+    ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster``, without
+    ``decode_responses``. A Redis Cluster works either way: the first
+    command asks a ``url``'s server whether it is a cluster node (any node
+    will do), unless ``cluster=True`` or ``cluster=False`` says so.
 
     Guarantees and semantics:
 
@@ -442,7 +450,7 @@ class RedisStreamChannel(BaseChannel[T]):
         *,
         group: str,
         url: str | None = None,
-        client: Redis | None = None,
+        client: Redis | RedisCluster | None = None,
         consumer: str | None = None,
         claim_idle: float = 30.0,
         maxlen: int | None = None,
@@ -456,6 +464,7 @@ class RedisStreamChannel(BaseChannel[T]):
         retry_timeout: float | None = 10.0,
         dead_letter_maxlen: int | None = 10_000,
         trim_acknowledged: bool = True,
+        cluster: bool | None = None,
         observers: Iterable[ObserverCallable] | None = None,
     ) -> None:
         super().__init__(_check_text("name", name), observers)
@@ -490,46 +499,24 @@ class RedisStreamChannel(BaseChannel[T]):
             )
         self._trim_acknowledged = trim_acknowledged
         self._next_trim = 0.0
-        self._dead_letter_cap: tuple[str, ...] = (
-            () if dead_letter_maxlen is None else ("MAXLEN", str(dead_letter_maxlen))
-        )
+        self._dead_letter_maxlen = dead_letter_maxlen or 0
         self._codec = resolve_codec(codec)
         self._codec_name = self._codec.name.encode()
-        self._key = f"{key_prefix}stream:{name}"
-        self._dead_key = f"{key_prefix}dead:{name}"
-
-        if (url is None) == (client is None):
-            raise TypeError("pass exactly one of url= and client=")
-        if client is not None:
-            if not isinstance(client, Redis):
-                raise TypeError(
-                    f"client must be a redis.asyncio.Redis, got {type(client).__name__}"
-                )
-            if connection_options:
-                raise TypeError("connection_options apply to url=, not to a shared client")
-            self._pool = client.connection_pool
-            self._owns_pool = False
-        else:
-            if not isinstance(url, str):
-                raise TypeError(f"url must be a str, got {type(url).__name__}")
-            options = dict(connection_options or {})
-            options["decode_responses"] = False
-            self._pool = ConnectionPool.from_url(url, **options)
-            self._owns_pool = True
-        if self._pool.connection_kwargs.get("decode_responses"):
-            raise ValueError("the channel needs a client without decode_responses=True")
-        timeout = _socket_timeout(self._pool)
-        if timeout is not None and self._block >= timeout:
+        self._key = f"{key_prefix}stream:{{{name}}}"
+        self._dead_key = f"{key_prefix}dead:{{{name}}}"
+        if key_slot(self._key.encode()) != key_slot(self._dead_key.encode()):
             raise ValueError(
-                f"block ({self._block} s) must be shorter than the connection's "
-                f"socket_timeout ({timeout} s)"
+                f"name {name!r} and key_prefix {key_prefix!r} put the stream and its "
+                "dead-letter stream in different Redis Cluster slots; leave '{' and '}' "
+                "out of them"
             )
-        # A private client on the pool, with redis-py's reply parsing turned off:
-        # replies are read raw, the same way whatever redis-py version or
-        # protocol (RESP2 or RESP3) is in use.
-        self._redis = Redis(connection_pool=self._pool)
-        self._redis.response_callbacks.clear()
-        self._execute: Callable[..., Awaitable[Any]] = self._redis.execute_command
+        self._redis = RedisConnection(
+            url=url,
+            client=client,
+            connection_options=connection_options,
+            cluster=cluster,
+            block=self._block,
+        )
         self._group_ready = False
 
         # Sending.
@@ -729,7 +716,7 @@ class RedisStreamChannel(BaseChannel[T]):
             except (AuthenticationError, AuthorizationError) as error:
                 self._fail(batch, error)
                 continue
-            except (RedisConnectionError, RedisTimeoutError) as error:
+            except UNREACHABLE as error:
                 outbox.extendleft(reversed(batch))
                 now = monotonic()
                 if failing_since is None:
@@ -788,10 +775,7 @@ class RedisStreamChannel(BaseChannel[T]):
             arguments += (self._group, self._maxlen)
         for item in batch:
             arguments += (self._codec_name, item.body)
-        try:
-            reply = await self._execute("EVALSHA", _SHA[script], 1, self._key, *arguments)
-        except NoScriptError:
-            reply = await self._execute("EVAL", script, 1, self._key, *arguments)
+        reply = await self._redis.run_script(script, (self._key,), *arguments)
         self._group_ready = True
         return int(reply[0])
 
@@ -934,8 +918,8 @@ class RedisStreamChannel(BaseChannel[T]):
     async def _fetch_once(self) -> None:
         if self._history is not None:
             # What this consumer received in an earlier life and never acknowledged.
-            reply = await self._execute(
-                "XREADGROUP", "GROUP", self._group, self._consumer,
+            reply = await self._redis.execute(
+                "xreadgroup", "GROUP", self._group, self._consumer,
                 "COUNT", self._batch_size, "STREAMS", self._key, self._history,
             )  # fmt: skip
             entries = _stream_entries(reply, self._key)
@@ -947,8 +931,8 @@ class RedisStreamChannel(BaseChannel[T]):
         now = monotonic()
         if now >= self._next_claim:
             # What other consumers (dead, hung, or closed) left unacknowledged.
-            reply = await self._execute(
-                "XAUTOCLAIM", self._key, self._group, self._consumer,
+            reply = await self._redis.execute(
+                "xautoclaim", self._key, self._group, self._consumer,
                 int(self._claim_idle * 1000), self._claim_cursor, "COUNT", self._batch_size,
             )  # fmt: skip
             self._claim_cursor = bytes(reply[0])
@@ -959,8 +943,8 @@ class RedisStreamChannel(BaseChannel[T]):
                 await self._accept(entries, fresh=False)
                 if self._ready:
                     return
-        reply = await self._execute(
-            "XREADGROUP", "GROUP", self._group, self._consumer, "COUNT", self._batch_size,
+        reply = await self._redis.execute(
+            "xreadgroup", "GROUP", self._group, self._consumer, "COUNT", self._batch_size,
             "BLOCK", max(1, int(self._block * 1000)), "STREAMS", self._key, ">",
         )  # fmt: skip
         entries = _stream_entries(reply, self._key)
@@ -1029,10 +1013,10 @@ class RedisStreamChannel(BaseChannel[T]):
         """How many times each id was delivered; ids no longer pending are left out."""
         if not ids:
             return {}
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = await self._redis.pipeline()
         queue: Callable[..., object] = pipe.execute_command
         for entry_id in ids:
-            queue("XPENDING", self._key, self._group, entry_id, entry_id, 1)
+            queue("xpending", self._key, self._group, entry_id, entry_id, 1)
         counts: dict[bytes, int] = {}
         for rows in await pipe.execute():
             for row in rows or ():
@@ -1043,8 +1027,7 @@ class RedisStreamChannel(BaseChannel[T]):
         self, dead: list[tuple[bytes, dict[bytes, bytes], str, int]], gone: list[bytes]
     ) -> None:
         """Move entries to the dead-letter stream and acknowledge them, atomically."""
-        pipe = self._redis.pipeline(transaction=True)
-        queue: Callable[..., object] = pipe.execute_command
+        arguments: list[bytes | str | int] = [self._group, self._dead_letter_maxlen, len(dead)]
         for entry_id, fields, reason, count in dead:
             record: list[bytes | str | int] = [
                 DEAD_REASON, reason, DEAD_SOURCE_ID, entry_id, DEAD_DELIVERIES, count,
@@ -1052,10 +1035,10 @@ class RedisStreamChannel(BaseChannel[T]):
             ]  # fmt: skip
             for name, value in fields.items():
                 record += (name, value)
-            queue("XADD", self._dead_key, *self._dead_letter_cap, "*", *record)
+            arguments += (entry_id, len(record), *record)
+        arguments += gone
+        await self._redis.run_script(_BURY, (self._key, self._dead_key), *arguments)
         ids = [entry_id for entry_id, *_ in dead] + gone
-        queue("XACK", self._key, self._group, *ids)
-        await pipe.execute()
         self._in_hand.difference_update(ids)  # a handler that never acked may have held one
         self._dead_lettered += len(dead)
         for entry_id, _, reason, _ in dead:
@@ -1088,7 +1071,7 @@ class RedisStreamChannel(BaseChannel[T]):
             stale = [d for d in self._ready if d.entry_id and now - d.fetched_at >= horizon]
             try:
                 kept = await self._reclaim(stale, now)
-            except (RedisConnectionError, RedisTimeoutError, ResponseError) as error:
+            except _RECOVERABLE as error:
                 logger.warning(
                     "channel %r: cannot refresh prefetched entries: %s", self._name, error
                 )
@@ -1107,14 +1090,14 @@ class RedisStreamChannel(BaseChannel[T]):
 
     async def _reclaim(self, deliveries: list[_Delivery], now: float) -> set[bytes]:
         """Claim entries again if nobody claimed them since we fetched them; return those kept."""
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = await self._redis.pipeline()
         queue: Callable[..., object] = pipe.execute_command
         for delivery in deliveries:
             # Our copy is at least this old on the server; another consumer's
             # claim would have made it younger.
             idle = max(0, int((now - delivery.fetched_at) * 1000) - 2)
             queue(
-                "XCLAIM", self._key, self._group, self._consumer, idle, delivery.entry_id, "JUSTID"
+                "xclaim", self._key, self._group, self._consumer, idle, delivery.entry_id, "JUSTID"
             )
         kept: set[bytes] = set()
         for ids in await pipe.execute():
@@ -1160,7 +1143,7 @@ class RedisStreamChannel(BaseChannel[T]):
         if self._ack_batch is batch:
             self._ack_batch = None
         try:
-            await self._execute("XACK", self._key, self._group, *batch.ids)
+            await self._redis.execute("xack", self._key, self._group, *batch.ids)
         except asyncio.CancelledError:
             batch.future.set_exception(self._closed_error())
             raise
@@ -1183,7 +1166,7 @@ class RedisStreamChannel(BaseChannel[T]):
 
     async def _trim(self) -> None:
         try:
-            await self._execute("EVAL", _TRIM_ACKNOWLEDGED, 1, self._key)
+            await self._redis.run_script(_TRIM_ACKNOWLEDGED, (self._key,))
         except Exception as error:  # the next acks try again
             logger.warning("channel %r: could not trim the stream: %s", self._name, error)
 
@@ -1214,7 +1197,7 @@ class RedisStreamChannel(BaseChannel[T]):
         if self._group_ready:
             return
         try:
-            await self._execute("XGROUP", "CREATE", self._key, self._group, "0", "MKSTREAM")
+            await self._redis.execute("xgroup", "CREATE", self._key, self._group, "0", "MKSTREAM")
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
@@ -1223,10 +1206,10 @@ class RedisStreamChannel(BaseChannel[T]):
     async def backlog(self) -> Backlog:
         """Ask Redis how far behind the group is."""
         await self._ensure_group()
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = await self._redis.pipeline()
         queue: Callable[..., object] = pipe.execute_command
-        queue("XINFO", "GROUPS", self._key)
-        queue("XLEN", self._key)
+        queue("xinfo", "GROUPS", self._key)
+        queue("xlen", self._key)
         groups, length = await pipe.execute()
         for group in groups:
             info = _mapping(group)
@@ -1246,7 +1229,7 @@ class RedisStreamChannel(BaseChannel[T]):
         """
         _check_positive("idle", idle)
         await self._ensure_group()
-        rows = await self._execute("XINFO", "CONSUMERS", self._key, self._group)
+        rows = await self._redis.execute("xinfo", "CONSUMERS", self._key, self._group)
         removed: list[str] = []
         for row in rows:
             info = _mapping(row)
@@ -1255,7 +1238,7 @@ class RedisStreamChannel(BaseChannel[T]):
                 continue
             # XGROUP DELCONSUMER drops a consumer's pending entries with it:
             # only one that still holds none is removed (checked atomically).
-            if await self._execute("EVAL", _DELETE_IDLE_CONSUMER, 1, self._key, self._group, name):
+            if await self._redis.run_script(_DELETE_IDLE_CONSUMER, (self._key,), self._group, name):
                 removed.append(name)
         if removed:
             logger.info("channel %r: removed idle consumers %s", self._name, removed)
@@ -1265,7 +1248,7 @@ class RedisStreamChannel(BaseChannel[T]):
         """The oldest ``count`` dead letters (those after id ``after``, if given)."""
         check_max_items(count)
         start = "-" if after is None else f"({after}"
-        reply = await self._execute("XRANGE", self._dead_key, start, "+", "COUNT", count)
+        reply = await self._redis.execute("xrange", self._dead_key, start, "+", "COUNT", count)
         letters = []
         for entry_id, fields in _entries(reply):
             if fields is None:
@@ -1379,8 +1362,7 @@ class RedisStreamChannel(BaseChannel[T]):
             self._ready.clear()
             self._ready_ids.clear()
             self._released = True
-            if self._owns_pool:
-                await self._pool.disconnect()
+            await self._redis.close()
 
     async def _hand_back(self) -> None:
         """Make this consumer's pending entries that no handler holds claimable at once."""
@@ -1388,12 +1370,12 @@ class RedisStreamChannel(BaseChannel[T]):
         start = "-"
         try:
             while True:
-                rows = await self._execute(
-                    "XPENDING", self._key, self._group, start, "+", 1000, self._consumer
+                rows = await self._redis.execute(
+                    "xpending", self._key, self._group, start, "+", 1000, self._consumer
                 )
                 if not rows:
                     break
-                pipe = self._redis.pipeline(transaction=False)
+                pipe = await self._redis.pipeline()
                 queue: Callable[..., object] = pipe.execute_command
                 for row in rows:
                     entry_id, idle, count = bytes(row[0]), int(row[2]), int(row[3])
@@ -1402,7 +1384,7 @@ class RedisStreamChannel(BaseChannel[T]):
                     if entry_id in self._ready_ids:
                         count -= 1  # fetched, never handed out: that delivery does not count
                     queue(
-                        "XCLAIM", self._key, self._group, self._consumer, max(0, idle - 5),
+                        "xclaim", self._key, self._group, self._consumer, max(0, idle - 5),
                         entry_id, "IDLE", max(_HAND_BACK_IDLE_MS, int(self._claim_idle * 2000)),
                         "RETRYCOUNT", max(0, count), "JUSTID",
                     )  # fmt: skip
@@ -1412,7 +1394,7 @@ class RedisStreamChannel(BaseChannel[T]):
                 if len(rows) < 1000:
                     break
                 start = "(" + bytes(rows[-1][0]).decode()
-        except (RedisConnectionError, RedisTimeoutError, ResponseError) as error:
+        except _RECOVERABLE as error:
             logger.warning(
                 "channel %r: could not hand back prefetched entries (%s); "
                 "they will be reclaimed after claim_idle",
@@ -1426,7 +1408,7 @@ class RedisStreamChannel(BaseChannel[T]):
     async def __aenter__(self) -> RedisStreamChannel[Any]:
         """Check that Redis answers: raise its connection error at once if not."""
         try:
-            await self._execute("PING")
+            await self._redis.ping()
         except BaseException:
             await self.aclose()
             raise
