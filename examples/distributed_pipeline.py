@@ -32,8 +32,10 @@ a stream holding two, and either takes the other worker's shutdown, which then
 never stops, or waits forever for one.)
 
 Run it with ``python examples/distributed_pipeline.py [--crash [SECONDS]]``
-(starts a throwaway ``redis-server``, which must be installed) or point it at
-a server with ``--url redis://host:6379/0``.
+(starts a throwaway ``redis-server``, which must be installed; with
+``--cluster``, a throwaway 3-master Redis Cluster, which needs ``redis-cli``
+too) or point it at a server, or at any node of a cluster, with
+``--url redis://host:6379/0``.
 """
 
 from __future__ import annotations
@@ -259,6 +261,9 @@ the default 500 numbers on a typical machine."""
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="a Redis server (default: start a throwaway one)")
+    parser.add_argument(
+        "--cluster", action="store_true", help="start a throwaway Redis Cluster instead"
+    )
     parser.add_argument("--count", type=int, default=500, help="numbers to square")
     parser.add_argument("--workers", type=int, default=2, help="processes for the middle stage")
     parser.add_argument(
@@ -289,8 +294,13 @@ def main() -> int:
         # Fresh stream names would be cleaner on a shared server; this keeps the demo short.
         print("using", args.url, "- the 'square' and 'collect' streams must not be in use")
         return launch(args, args.url)
-    from spark.backends._redis_server import LocalRedisServer
+    from spark.backends._redis_server import LocalRedisCluster, LocalRedisServer
 
+    if args.cluster:
+        with LocalRedisCluster() as cluster:
+            pids = ", ".join(str(server.pid) for server in cluster.servers)
+            print(f"started a Redis Cluster on ports {cluster.ports} (pids {pids})")
+            return launch(args, cluster.url)
     with LocalRedisServer() as server:
         print(f"started redis-server on {server.url} (pid {server.pid})")
         return launch(args, server.url)

@@ -20,7 +20,7 @@ import asyncio
 import importlib
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -82,6 +82,29 @@ def node_build(impl: Impl, monkeypatch: pytest.MonkeyPatch) -> Impl:
     """Nodes made in the test get ``impl``'s mailbox by default, and so its worker loop."""
     monkeypatch.setattr(_node, "InMemoryChannel", impl.InMemoryChannel)
     return impl
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """One Redis server for the session (see redis_support)."""
+    from redis_support import redis_server
+
+    yield from redis_server()
+
+
+@pytest.fixture(scope="session")
+def cluster_url() -> Iterator[str]:
+    """A node of a 3-master Redis Cluster for the session (see redis_support)."""
+    from redis_support import redis_cluster
+
+    yield from redis_cluster()
+
+
+@pytest.fixture(params=["server", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """A test that takes it runs against one Redis server, then against a cluster."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
 
 
 def record_sends(channel: Any) -> list[Any]:

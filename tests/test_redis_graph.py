@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_support import EXTERNAL_URL, redis_server, require_extra, unique
+from redis_support import EXTERNAL_URL, require_extra, unique
 
 require_extra()
 
@@ -23,11 +22,6 @@ from spark.nodes.channels import BaseChannel, ChannelMessage  # noqa: E402
 pytestmark = pytest.mark.usefixtures("node_build")
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "distributed_pipeline.py"
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    yield from redis_server()
 
 
 class Double(Node):
@@ -170,10 +164,13 @@ async def test_failing_message_is_retried_then_dead_lettered(redis_url: str) -> 
         pytest.param("3", id="late-crash"),
     ],
 )
-def test_distributed_example(redis_url: str, crash: str | None) -> None:
+@pytest.mark.parametrize("topology", ["server", "cluster"])
+def test_distributed_example(topology: str, crash: str | None) -> None:
     command = [sys.executable, str(EXAMPLE), "--count", "200"]
     if EXTERNAL_URL is not None:
         pytest.skip("the example uses fixed stream names; it runs on its own server")
+    if topology == "cluster":
+        command.append("--cluster")
     if crash is not None:
         command += ["--crash", crash]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)

@@ -127,7 +127,7 @@ class RedisConnection:
             self._use_cluster(RedisCluster.from_url(url, **self._options))
         else:
             self._use_pool(ConnectionPool.from_url(url, **self._options))
-        self.cluster: bool | None = cluster if client is None else self._pool is None
+        self.cluster: bool | None = True if self._cluster_client is not None else cluster
         """Whether Redis is a cluster; ``None`` until the first command found out."""
         self.execute: Callable[..., Awaitable[Any]] = (
             self._first_execute if self.cluster is None else self._client.execute_command
