@@ -73,6 +73,37 @@ async def batched_receive(url: str, count: int, batch_size: int) -> float:
         await consumer.aclose()
 
 
+async def plain_redis_py(url: str, count: int, batch_size: int) -> float:
+    """Seconds for plain redis-py to read and acknowledge ``count`` entries the same way.
+
+    The baseline of ``batched receive + grouped ack``: the same entries,
+    XREADGROUP COUNT ``batch_size`` then one XACK per batch, with redis-py's
+    own reply parsing and nothing decoded.
+    """
+    from redis.asyncio import Redis
+
+    name = f"bench-{uuid.uuid4().hex}"
+    producer = _channel(url, name, batch_size=1000)
+    await producer.send_many(_messages(count))
+    await producer.aclose()
+    client = Redis.from_url(url)
+    key = producer.key
+    try:
+        await client.ping()
+        started = time.perf_counter()
+        received = 0
+        while received < count:
+            reply = await client.xreadgroup("bench", "plain", {key: ">"}, count=batch_size)
+            ids = [entry_id for _, entries in reply for entry_id, _ in entries]
+            received += len(ids)
+            await client.xack(key, "bench", *ids)
+        elapsed = time.perf_counter() - started
+        assert (await client.xpending(key, "bench"))["pending"] == 0
+        return elapsed
+    finally:
+        await client.aclose()
+
+
 async def node_loop(url: str, count: int, batch_size: int) -> float:
     """Seconds for a Node's default loop to handle ``count`` messages from a Redis mailbox.
 
@@ -106,6 +137,7 @@ async def node_loop(url: str, count: int, batch_size: int) -> float:
 SCENARIOS: dict[str, Callable[[str, int, int], Coroutine[Any, Any, float]]] = {
     "pipelined send": pipelined_send,
     "batched receive + grouped ack": batched_receive,
+    "plain redis-py XREADGROUP + XACK": plain_redis_py,
     "node loop, ack per message": node_loop,
 }
 

@@ -142,8 +142,8 @@ cdef class ChannelMessage:
             self.metadata = metadata
         else:
             self.metadata = {} if metadata is None else check_metadata(metadata)
-        if ack is not None:
-            check_ack(ack)
+        if ack is not None and not callable(ack):
+            check_ack(ack)  # raises
         if is_shutdown is not False:
             check_is_shutdown(is_shutdown)
         self.ack = ack

@@ -922,6 +922,29 @@ def test_a_subclass_without_receive_cannot_be_made() -> None:
         SendOnly()  # type: ignore[abstract]
 
 
+def test_custom_channels_check_their_input_as_the_built_in_ones_do(impl: Any) -> None:
+    from spark.nodes.channels import check_max_items, check_message
+
+    @dataclasses.dataclass
+    class Traced(impl.ChannelMessage):  # type: ignore[name-defined]
+        trace: str = ""
+
+    for message in (impl.ChannelMessage(1), Traced(2, trace="t")):
+        check_message(message)  # either build's envelope, and subclasses, pass
+    built_in = impl.InMemoryChannel()
+    for raw in (42, {"payload": 1}, None):
+        with pytest.raises(TypeError) as custom:
+            check_message(raw)
+        with pytest.raises(TypeError) as expected:
+            built_in.send_nowait(raw)
+        assert str(custom.value) == str(expected.value)
+        assert "ChannelMessage(payload=value)" in str(custom.value)
+    assert check_max_items(5) == 5
+    for wrong, error in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="max_items"):
+            check_max_items(wrong)
+
+
 # == also: maxsize must be an int ===========================================
 
 

@@ -136,6 +136,23 @@ class MsgpackCodec:
 
     def decode(self, data: bytes) -> tuple[Any, dict[str, Any], bool]:
         try:
+            value = self._untyped.decode(data)
+        except msgspec.DecodeError as error:
+            raise DecodeError(f"not a msgpack message: {error}") from error
+        # [payload, metadata, shutdown, tag]: an untagged payload is decoded
+        # by now, in one pass; a tagged one is decoded again, into its type.
+        if (
+            type(value) is list
+            and len(value) == 4
+            and value[3] is None
+            and type(value[1]) is dict
+            and type(value[2]) is bool
+        ):
+            return value[0], value[1], value[2]
+        return self._decode_envelope(data)
+
+    def _decode_envelope(self, data: bytes) -> tuple[Any, dict[str, Any], bool]:
+        try:
             envelope = self._envelope.decode(data)
             if envelope.tag is None:
                 payload = self._untyped.decode(envelope.payload)

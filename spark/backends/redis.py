@@ -53,6 +53,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from time import monotonic
 from types import TracebackType
 from typing import Any, TypeVar
@@ -61,17 +62,16 @@ from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 
-from ..nodes import _channel_base as _base
 from ..nodes import is_stop_request
-from ..nodes._channel_base import (
+from ..nodes.channels import (
     BaseChannel,
     ChannelClosed,
+    ChannelMessage,
     ChannelStats,
     ObserverCallable,
     check_max_items,
-    not_a_message,
+    check_message,
 )
-from ..nodes.channels import ChannelMessage
 from ._codec import Codec, DecodeError, MsgpackCodec, PickleCodec, resolve_codec
 from ._redis_connection import UNREACHABLE, RedisConnection
 
@@ -305,30 +305,19 @@ class _Outgoing:
         self.future = future
 
 
-class _Delivery:
-    __slots__ = ("entry_id", "fetched_at", "message")
+class _Ack(partial["asyncio.Future[None]"]):
+    """A received message's ``ack``: ``_Ack(channel._ack, entry_id)``.
 
-    def __init__(self, entry_id: bytes, message: ChannelMessage[Any], fetched_at: float) -> None:
-        self.entry_id = entry_id
-        self.message = message
-        self.fetched_at = fetched_at
+    Calling it queues the XACK of the entry at once and returns a future,
+    done once Redis acknowledged it. (A ``partial``: made in C, once per
+    received message.)
+    """
 
-
-class _Ack:
-    """A received message's ``ack``: acknowledges its entry."""
-
-    __slots__ = ("_channel", "_entry_id")
-
-    def __init__(self, channel: RedisStreamChannel[Any], entry_id: bytes) -> None:
-        self._channel = channel
-        self._entry_id = entry_id
-
-    def __call__(self) -> asyncio.Future[None]:
-        """Queue the XACK now; the future is done once Redis acknowledged the entry."""
-        return self._channel._ack(self._entry_id)
+    __slots__ = ()
 
     def __repr__(self) -> str:
-        return f"<ack of entry {self._entry_id.decode()} in {self._channel.key!r}>"
+        channel = self.func.__self__  # type: ignore[attr-defined]
+        return f"<ack of entry {self.args[0].decode()} in {channel.key!r}>"
 
 
 class _AckBatch:
@@ -531,8 +520,11 @@ class RedisStreamChannel(BaseChannel[T]):
         self._unwritten_error: BaseException | None = None
 
         # Receiving.
-        self._ready: deque[_Delivery] = deque()
-        self._ready_ids: set[bytes] = set()
+        # Fetched messages not handed out yet, as (entry id, message); the id
+        # is b"" for a stop request delivered locally. _ready_ids has the ids
+        # with the time they were fetched (or last claimed again).
+        self._ready: deque[tuple[bytes, ChannelMessage[Any]]] = deque()
+        self._ready_ids: dict[bytes, float] = {}
         self._in_hand: set[bytes] = set()
         self._fetch: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
@@ -548,9 +540,14 @@ class RedisStreamChannel(BaseChannel[T]):
         self._dead_lettered = 0
         self._used_receive = False
 
-        # Acknowledging.
+        # Acknowledging. One bound method for every received message's ack.
+        self._ack_entry = self._ack
         self._ack_batch: _AckBatch | None = None
         self._ack_tasks: set[asyncio.Task[None]] = set()
+        # XACKs that ack_many is sending from its caller's task, and what
+        # close() waits on until they are done.
+        self._acking = 0
+        self._acks_settled: asyncio.Future[None] | None = None
 
         # Closing.
         self._closing: asyncio.Task[None] | None = None
@@ -591,8 +588,7 @@ class RedisStreamChannel(BaseChannel[T]):
     # -- sending ---------------------------------------------------------
 
     def _check(self, message: ChannelMessage[Any]) -> None:
-        if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
-            raise not_a_message(message)
+        check_message(message)
         if self._closed:
             raise self._closed_error()
 
@@ -856,20 +852,28 @@ class RedisStreamChannel(BaseChannel[T]):
             if self._ready:
                 break
             await self._wait_for_fetch()
-        batch = [self._take() for _ in range(min(max_items, len(self._ready)))]
+        ready, ready_ids, in_hand = self._ready, self._ready_ids, self._in_hand
+        count = min(max_items, len(ready))
+        batch = []
+        for _ in range(count):  # _take(), inlined
+            entry_id, message = ready.popleft()
+            if entry_id:
+                del ready_ids[entry_id]
+                in_hand.add(entry_id)
+            batch.append(message)
+        self._received += count
         if self._observers:
             for message in batch:
                 await self._notify_observers(message, "receive")
         return batch
 
     def _take(self) -> ChannelMessage[Any]:
-        delivery = self._ready.popleft()
-        entry_id = delivery.entry_id
+        entry_id, message = self._ready.popleft()
         self._received += 1
         if entry_id:  # not a local stop request
-            self._ready_ids.discard(entry_id)
+            del self._ready_ids[entry_id]
             self._in_hand.add(entry_id)
-        return delivery.message
+        return message
 
     def _wake_receivers(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
@@ -877,7 +881,7 @@ class RedisStreamChannel(BaseChannel[T]):
 
     def _deliver_locally(self, message: ChannelMessage[Any]) -> None:
         """A stop request wakes the workers reading this object; it never goes to Redis."""
-        self._ready.appendleft(_Delivery(b"", message, monotonic()))
+        self._ready.appendleft((b"", message))
         self._wake_receivers()
 
     async def _wait_for_fetch(self) -> None:
@@ -924,7 +928,7 @@ class RedisStreamChannel(BaseChannel[T]):
             )  # fmt: skip
             entries = _stream_entries(reply, self._key)
             if entries:
-                self._history = entries[-1][0]
+                self._history = bytes(entries[-1][0])
                 await self._accept(entries, fresh=False)
                 return
             self._history = None
@@ -938,7 +942,7 @@ class RedisStreamChannel(BaseChannel[T]):
             self._claim_cursor = bytes(reply[0])
             # Keep scanning next round while the pending list has more to look at.
             self._next_claim = now if self._claim_cursor != b"0-0" else now + self._block
-            entries = _entries(reply[1])
+            entries = reply[1]
             if entries:
                 await self._accept(entries, fresh=False)
                 if self._ready:
@@ -951,19 +955,33 @@ class RedisStreamChannel(BaseChannel[T]):
         if entries:
             await self._accept(entries, fresh=True)
 
-    async def _accept(self, entries: list[Entry], *, fresh: bool) -> None:
-        """Decode fetched entries into the ready buffer; dead-letter the ones that fail."""
+    async def _accept(self, entries: list[Any], *, fresh: bool) -> None:
+        """Decode fetched entries into the ready buffer; dead-letter the ones that fail.
+
+        ``entries`` is the raw reply: ``[entry id, fields]`` pairs (fields
+        flat, or ``None`` for an entry deleted while pending).
+        """
         counts: dict[bytes, int] | None = None
         if not fresh:
-            counts = await self._delivery_counts([i for i, f in entries if f is not None])
+            counts = await self._delivery_counts(
+                [bytes(e[0]) for e in entries if e is not None and e[1] is not None]
+            )
         fetched_at = monotonic()
         dead: list[tuple[bytes, dict[bytes, bytes], str, int]] = []
         gone: list[bytes] = []
-        for entry_id, fields in entries:
+        ready = self._ready
+        ready_ids = self._ready_ids
+        decode = self._decode
+        for entry in entries:
+            if entry is None:  # Redis < 7 lists entries deleted while pending as nil
+                continue
+            entry_id, fields = entry
+            if type(entry_id) is not bytes:
+                entry_id = bytes(entry_id)
             if fields is None:  # deleted from the stream while pending
                 gone.append(entry_id)
                 continue
-            if entry_id in self._ready_ids:
+            if entry_id in ready_ids:
                 continue
             if counts is None:
                 count = 1
@@ -973,16 +991,16 @@ class RedisStreamChannel(BaseChannel[T]):
                 continue  # acknowledged in the meantime
             if self._max_deliveries is not None and count > self._max_deliveries:
                 reason = f"delivered {count} times, more than max_deliveries={self._max_deliveries}"
-                dead.append((entry_id, fields, reason, count))
+                dead.append((entry_id, _fields(fields), reason, count))
                 continue
             try:
-                message = self._decode(entry_id, fields, count)
+                message = decode(entry_id, fields, count)
             except Exception as error:
                 reason = str(error) if isinstance(error, DecodeError) else repr(error)
-                dead.append((entry_id, fields, f"undecodable: {reason}", count))
+                dead.append((entry_id, _fields(fields), f"undecodable: {reason}", count))
                 continue
-            self._ready.append(_Delivery(entry_id, message, fetched_at))
-            self._ready_ids.add(entry_id)
+            ready.append((entry_id, message))
+            ready_ids[entry_id] = fetched_at
         if len(self._ready) > self._peak_size:
             self._peak_size = len(self._ready)
         if self._ready and (self._keeper is None or self._keeper.done()):
@@ -992,11 +1010,13 @@ class RedisStreamChannel(BaseChannel[T]):
         if dead or gone:
             await self._bury(dead, gone)
 
-    def _decode(
-        self, entry_id: bytes, fields: dict[bytes, bytes], count: int
-    ) -> ChannelMessage[Any]:
-        codec = fields.get(_CODEC)
-        body = fields.get(_BODY)
+    def _decode(self, entry_id: bytes, raw: Any, count: int) -> ChannelMessage[Any]:
+        if type(raw) is list and len(raw) == 4 and raw[0] == _CODEC and raw[2] == _BODY:
+            codec, body = raw[1], raw[3]  # what a spark producer writes
+        else:
+            fields = _fields(raw)
+            codec = fields.get(_CODEC)
+            body = fields.get(_BODY)
         if codec is None or body is None:
             raise DecodeError("not a spark message (no 'codec' and 'body' fields)")
         if codec != self._codec_name:
@@ -1007,7 +1027,7 @@ class RedisStreamChannel(BaseChannel[T]):
         payload, metadata, is_shutdown = self._codec.decode(body)
         metadata[METADATA_STREAM_ID] = entry_id.decode()
         metadata[METADATA_DELIVERY_COUNT] = count
-        return ChannelMessage(payload, metadata, _Ack(self, entry_id), is_shutdown)
+        return ChannelMessage(payload, metadata, _Ack(self._ack_entry, entry_id), is_shutdown)
 
     async def _delivery_counts(self, ids: list[bytes]) -> dict[bytes, int]:
         """How many times each id was delivered; ids no longer pending are left out."""
@@ -1059,16 +1079,14 @@ class RedisStreamChannel(BaseChannel[T]):
         the meantime is dropped from the buffer instead of being handled twice.
         """
         horizon = self._claim_idle / 3
-        while self._ready and not self._closed:
+        fetched = self._ready_ids
+        while fetched and not self._closed:
             now = monotonic()
-            ages = [d.fetched_at for d in self._ready if d.entry_id]
-            if not ages:
-                return
-            oldest = min(ages)
+            oldest = min(fetched.values())
             if now - oldest < horizon:
                 await asyncio.sleep(oldest + horizon - now)
                 continue
-            stale = [d for d in self._ready if d.entry_id and now - d.fetched_at >= horizon]
+            stale = {i: at for i, at in fetched.items() if now - at >= horizon}
             try:
                 kept = await self._reclaim(stale, now)
             except _RECOVERABLE as error:
@@ -1079,26 +1097,26 @@ class RedisStreamChannel(BaseChannel[T]):
                 continue
             refreshed = monotonic()
             lost = set()
-            for delivery in stale:
-                if delivery.entry_id in kept:
-                    delivery.fetched_at = refreshed
+            for entry_id in stale:
+                if entry_id not in fetched:
+                    continue  # handed out meanwhile
+                if entry_id in kept:
+                    fetched[entry_id] = refreshed
                 else:
-                    lost.add(delivery.entry_id)
+                    lost.add(entry_id)
+                    del fetched[entry_id]
             if lost:
-                self._ready = deque(d for d in self._ready if d.entry_id not in lost)
-                self._ready_ids -= lost
+                self._ready = deque(r for r in self._ready if r[0] not in lost)
 
-    async def _reclaim(self, deliveries: list[_Delivery], now: float) -> set[bytes]:
+    async def _reclaim(self, fetched: dict[bytes, float], now: float) -> set[bytes]:
         """Claim entries again if nobody claimed them since we fetched them; return those kept."""
         pipe = await self._redis.pipeline()
         queue: Callable[..., object] = pipe.execute_command
-        for delivery in deliveries:
+        for entry_id, fetched_at in fetched.items():
             # Our copy is at least this old on the server; another consumer's
             # claim would have made it younger.
-            idle = max(0, int((now - delivery.fetched_at) * 1000) - 2)
-            queue(
-                "xclaim", self._key, self._group, self._consumer, idle, delivery.entry_id, "JUSTID"
-            )
+            idle = max(0, int((now - fetched_at) * 1000) - 2)
+            queue("xclaim", self._key, self._group, self._consumer, idle, entry_id, "JUSTID")
         kept: set[bytes] = set()
         for ids in await pipe.execute():
             kept.update(bytes(i) for i in ids or ())
@@ -1115,14 +1133,15 @@ class RedisStreamChannel(BaseChannel[T]):
             return done
         if self._released:
             refused = loop.create_future()
-            refused.set_exception(
-                ChannelClosed(
-                    f"channel {self._name!r} is closed; entry {entry_id.decode()} stays pending "
-                    f"and will be delivered again after claim_idle"
-                )
-            )
+            refused.set_exception(self._not_acknowledged(entry_id))
             return refused
         return asyncio.shield(self._queue_ack(entry_id).future)
+
+    def _not_acknowledged(self, entry_id: bytes) -> ChannelClosed:
+        return ChannelClosed(
+            f"channel {self._name!r} is closed; entry {entry_id.decode()} stays pending "
+            f"and will be delivered again after claim_idle"
+        )
 
     def _queue_ack(self, entry_id: bytes) -> _AckBatch:
         """Add ``entry_id`` to the XACK about to be sent, starting one if needed."""
@@ -1155,6 +1174,20 @@ class RedisStreamChannel(BaseChannel[T]):
             if self._trim_acknowledged and monotonic() >= self._next_trim:
                 self._start_trim()
 
+    async def _acknowledge(self, ids: list[bytes]) -> None:
+        """XACK ``ids`` now, from the calling task (``close()`` waits for it)."""
+        self._acking += 1
+        try:
+            await self._redis.execute("xack", self._key, self._group, *ids)
+        finally:
+            self._acking -= 1
+            if not self._acking and self._acks_settled is not None:
+                self._acks_settled.set_result(None)
+                self._acks_settled = None
+        self._in_hand.difference_update(ids)
+        if self._trim_acknowledged and monotonic() >= self._next_trim:
+            self._start_trim()
+
     def _start_trim(self) -> None:
         """Trim what every group acknowledged, in the background, at most once a second."""
         self._next_trim = monotonic() + _TRIM_INTERVAL
@@ -1175,19 +1208,22 @@ class RedisStreamChannel(BaseChannel[T]):
 
         Messages from elsewhere have their own ``ack`` awaited.
         """
-        batch: _AckBatch | None = None
+        ids: list[bytes] = []
         others: list[Awaitable[None]] = []
+        mine = self._ack_entry
+        in_hand = self._in_hand
         for message in messages:
             ack = message.ack
-            if isinstance(ack, _Ack) and ack._channel is self:
-                if ack._entry_id in self._in_hand:
-                    if self._released:
-                        await ack()  # raises ChannelClosed
-                    batch = self._queue_ack(ack._entry_id)
+            if type(ack) is _Ack and ack.func is mine:
+                entry_id = ack.args[0]
+                if entry_id in in_hand:
+                    ids.append(entry_id)
             elif ack is not None:
                 others.append(ack())
-        if batch is not None:
-            await asyncio.shield(batch.future)
+        if ids:
+            if self._released:
+                raise self._not_acknowledged(ids[0])
+            await self._acknowledge(ids)
         if others:
             await asyncio.gather(*others)
 
@@ -1340,7 +1376,11 @@ class RedisStreamChannel(BaseChannel[T]):
                 await self._flusher
             if self._used_receive:
                 await self._hand_back()
-            while self._ack_tasks:  # acks sent meanwhile included
+            while self._ack_tasks or self._acking:  # acks sent meanwhile included
+                if self._acking:
+                    if self._acks_settled is None:
+                        self._acks_settled = asyncio.get_running_loop().create_future()
+                    await asyncio.shield(self._acks_settled)
                 await asyncio.gather(*self._ack_tasks, return_exceptions=True)
         finally:
             for task in self._ack_tasks:
@@ -1458,20 +1498,22 @@ def _mapping(raw: Any) -> dict[str, Any]:
     return {_text(raw[i]): raw[i + 1] for i in range(0, len(raw) - 1, 2)}
 
 
-def _fields(raw: Any) -> dict[bytes, bytes] | None:
-    if raw is None:
-        return None
+def _fields(raw: Any) -> dict[bytes, bytes]:
     if isinstance(raw, dict):
         return {bytes(k): bytes(v) for k, v in raw.items()}
     return {bytes(raw[i]): bytes(raw[i + 1]) for i in range(0, len(raw) - 1, 2)}
 
 
 def _entries(raw: Any) -> list[Entry]:
-    return [(bytes(item[0]), _fields(item[1])) for item in raw or () if item is not None]
+    return [
+        (bytes(item[0]), None if item[1] is None else _fields(item[1]))
+        for item in raw or ()
+        if item is not None
+    ]
 
 
-def _stream_entries(raw: Any, key: str) -> list[Entry]:
-    """The entries of ``key`` in an XREAD/XREADGROUP reply."""
+def _stream_entries(raw: Any, key: str) -> list[Any]:
+    """The entries of ``key`` in an XREAD/XREADGROUP reply, raw: ``[id, fields]`` pairs."""
     if not raw:
         return []
     if isinstance(raw, dict):
@@ -1481,5 +1523,5 @@ def _stream_entries(raw: Any, key: str) -> list[Entry]:
     wanted = key.encode()
     for name, entries in streams:
         if bytes(name) == wanted:
-            return _entries(entries)
+            return list(entries or ())
     return []

@@ -27,6 +27,8 @@ __all__ = [
     "ChannelClosed",
     "ChannelStats",
     "ObserverCallable",
+    "check_max_items",
+    "check_message",
 ]
 
 logger = logging.getLogger("spark.channels")
@@ -160,6 +162,11 @@ def schedule_observer_awaitable(
 
 
 def check_max_items(max_items: object) -> int:
+    """Return ``max_items`` if it is an int of at least 1; raise ``TypeError`` or ``ValueError``.
+
+    For the batch methods of custom channels (``receive_many(max_items)``),
+    with the built-in channels' wording.
+    """
     if not isinstance(max_items, int) or isinstance(max_items, bool):
         raise TypeError(f"max_items must be an int, got {type(max_items).__name__}")
     if max_items < 1:
@@ -250,6 +257,16 @@ def register_message_type(cls: type) -> None:
     global message_types
     if cls not in message_types:
         message_types = (*message_types, cls)
+
+
+def check_message(message: object) -> None:
+    """Raise ``TypeError`` (saying how to wrap the value) unless ``message`` is a ChannelMessage.
+
+    Either build's ``ChannelMessage`` (and its subclasses) passes. For the
+    ``send`` of custom channels, with the built-in channels' wording.
+    """
+    if not isinstance(message, message_types):
+        raise not_a_message(message)
 
 
 def not_a_message(message: object) -> TypeError:

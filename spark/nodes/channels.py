@@ -12,7 +12,14 @@ import sys
 from typing import TYPE_CHECKING, Literal
 
 from ._bridge import QueueBridge
-from ._channel_base import BaseChannel, ChannelClosed, ChannelStats, ObserverCallable
+from ._channel_base import (
+    BaseChannel,
+    ChannelClosed,
+    ChannelStats,
+    ObserverCallable,
+    check_max_items,
+    check_message,
+)
 
 __all__ = [
     "IMPLEMENTATION",
@@ -24,6 +31,8 @@ __all__ = [
     "InMemoryChannel",
     "ObserverCallable",
     "QueueBridge",
+    "check_max_items",
+    "check_message",
 ]
 
 NO_EXTENSIONS = bool(os.environ.get("SPARK_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
