@@ -10,6 +10,8 @@ from setuptools import Extension, setup
 
 HERE = Path(__file__).parent
 NO_EXTENSIONS = bool(os.environ.get("SPARK_NO_EXTENSIONS"))
+# Where each compiled module goes: the channel core, and the Redis receive buffer.
+PACKAGE = {"_channels_c": "spark.nodes", "_stream_c": "spark.backends"}
 
 
 def extensions() -> list[Extension]:
@@ -19,7 +21,7 @@ def extensions() -> list[Extension]:
     from Cython.Build import cythonize
 
     modules = [
-        Extension(f"spark.nodes.{source.stem}", [str(source.relative_to(HERE))])
+        Extension(f"{PACKAGE[source.stem]}.{source.stem}", [str(source.relative_to(HERE))])
         for source in sources
     ]
     return cythonize(modules, language_level=3)

@@ -28,42 +28,42 @@ from spark.nodes.channels import ChannelMessage  # noqa: E402
 CANNOT_CONNECT = (RedisConnectionError, RedisClusterException)
 
 
-async def masters(url: str) -> list[int]:
-    """The ports of the cluster's masters."""
-    admin = RedisCluster.from_url(url)
-    try:
-        await admin.initialize()
-        return sorted(node.port for node in admin.get_primaries())
-    finally:
-        await admin.aclose()
+class Topology:
+    """Which master serves which key, as a cluster client sees it."""
 
+    def __init__(self, url: str) -> None:
+        self.client = RedisCluster.from_url(url)
 
-async def owner(url: str, key: str) -> int:
-    """The port of the master that serves ``key``."""
-    admin = RedisCluster.from_url(url)
-    try:
-        await admin.initialize()
-        return int(admin.get_node_from_key(key).port)
-    finally:
-        await admin.aclose()
+    async def __aenter__(self) -> Topology:
+        await self.client.initialize()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.client.aclose()
+
+    def masters(self) -> list[int]:
+        return sorted(node.port for node in self.client.get_primaries())
+
+    def owner(self, key: str) -> int:
+        return int(self.client.get_node_from_key(key).port)
+
+    def name_served_by(self, port: int) -> str:
+        """A fresh channel name whose keys the master on ``port`` serves."""
+        while True:
+            name = unique()
+            if self.owner(f"spark:stream:{{{name}}}") == port:
+                return name
 
 
 def node_url(port: int) -> str:
     return f"redis://127.0.0.1:{port}"
 
 
-async def name_served_by(url: str, port: int) -> str:
-    """A fresh channel name whose keys the master on ``port`` serves."""
-    while True:
-        name = unique()
-        if await owner(url, f"spark:stream:{{{name}}}") == port:
-            return name
-
-
 async def test_the_url_of_any_node_reaches_every_slot(cluster_url: str) -> None:
-    ports = await masters(cluster_url)
-    assert len(ports) == 3
-    names = {port: await name_served_by(cluster_url, port) for port in ports}
+    async with Topology(cluster_url) as topology:
+        ports = topology.masters()
+        assert len(ports) == 3
+        names = {port: topology.name_served_by(port) for port in ports}
     for via in ports:
         for served_by, name in names.items():
             async with RedisStreamChannel(
@@ -188,7 +188,8 @@ async def test_a_master_going_down_fails_fast_and_loses_nothing_silently() -> No
             name, url=cluster.url, group="g", retry_timeout=1.0, block=0.05
         ) as ch:
             await ch.send(ChannelMessage("before"))
-            served_by = await owner(cluster.url, ch.key)
+            async with Topology(cluster.url) as topology:
+                served_by = topology.owner(ch.key)
             victim = next(server for server in cluster.servers if server.port == served_by)
             await asyncio.to_thread(victim.stop)
             started = time.monotonic()

@@ -171,10 +171,16 @@ class LocalRedisCluster:
     node's cluster bus gets its own free port).
     """
 
-    def __init__(self, masters: int = 3, *, start_timeout: float = 20.0) -> None:
+    def __init__(
+        self, masters: int = 3, *, start_timeout: float = 20.0, node_timeout_ms: int = 15_000
+    ) -> None:
         if masters < 3:
             raise ValueError("redis-cli --cluster create needs at least 3 masters")
         self.masters = masters
+        # How long a node may not answer before the others mark it failed (and,
+        # with no replica to take over, the cluster stops serving): Redis's
+        # default, long enough for a busy test machine.
+        self.node_timeout_ms = node_timeout_ms
         self.start_timeout = start_timeout
         self.servers: list[LocalRedisServer] = []
 
@@ -197,7 +203,7 @@ class LocalRedisCluster:
                     extra_args=(
                         "--cluster-enabled", "yes",
                         "--cluster-port", str(free_port()),
-                        "--cluster-node-timeout", "2000",
+                        "--cluster-node-timeout", str(self.node_timeout_ms),
                     ),
                 )  # fmt: skip
                 self.servers.append(server)

@@ -74,6 +74,8 @@ from ..nodes.channels import (
 )
 from ._codec import Codec, DecodeError, MsgpackCodec, PickleCodec, resolve_codec
 from ._redis_connection import UNREACHABLE, RedisConnection
+from ._stream import StreamBuffer
+from ._stream_py import METADATA_DELIVERY_COUNT, METADATA_STREAM_ID, Dead, stream_fields
 
 __all__ = [
     "METADATA_DELIVERY_COUNT",
@@ -111,14 +113,10 @@ class MessagesNotWritten(Exception):
 
 logger = logging.getLogger("spark.channels.redis")
 
-METADATA_STREAM_ID = "redis_stream_id"
-"""Metadata key of a received message: its entry id, e.g. ``"1718000000000-0"``."""
-METADATA_DELIVERY_COUNT = "redis_delivery_count"
-"""Metadata key of a received message: how many times it was delivered, 1 the first time."""
-
+# METADATA_STREAM_ID ("redis_stream_id"): a received message's entry id, e.g.
+# "1718000000000-0". METADATA_DELIVERY_COUNT ("redis_delivery_count"): how many
+# times it was delivered, 1 the first time. (Defined with the receive buffer.)
 _RECEIVER_KEYS = (METADATA_STREAM_ID, METADATA_DELIVERY_COUNT)
-_CODEC = b"codec"
-_BODY = b"body"
 
 # Fields of a dead-letter entry, before the original entry's own fields.
 DEAD_REASON = b"dead:reason"
@@ -520,12 +518,13 @@ class RedisStreamChannel(BaseChannel[T]):
         self._unwritten_error: BaseException | None = None
 
         # Receiving.
-        # Fetched messages not handed out yet, as (entry id, message); the id
-        # is b"" for a stop request delivered locally. _ready_ids has the ids
-        # with the time they were fetched (or last claimed again).
-        self._ready: deque[tuple[bytes, ChannelMessage[Any]]] = deque()
-        self._ready_ids: dict[bytes, float] = {}
-        self._in_hand: set[bytes] = set()
+        # What was fetched and not acknowledged (see StreamBuffer): messages
+        # ready to hand out (with their ids, and when they were fetched), and
+        # the ids of those handed out.
+        self._buffer = StreamBuffer(self._codec, ChannelMessage, _Ack, self._ack, max_deliveries)
+        self._ready: deque[tuple[bytes, ChannelMessage[Any]]] = self._buffer.ready
+        self._ready_ids: dict[bytes, float] = self._buffer.fetched
+        self._in_hand: set[bytes] = self._buffer.in_hand
         self._fetch: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         # Set (and replaced) to wake waiting receivers: on close, and when a
@@ -540,8 +539,7 @@ class RedisStreamChannel(BaseChannel[T]):
         self._dead_lettered = 0
         self._used_receive = False
 
-        # Acknowledging. One bound method for every received message's ack.
-        self._ack_entry = self._ack
+        # Acknowledging.
         self._ack_batch: _AckBatch | None = None
         self._ack_tasks: set[asyncio.Task[None]] = set()
         # XACKs that ack_many is sending from its caller's task, and what
@@ -852,27 +850,16 @@ class RedisStreamChannel(BaseChannel[T]):
             if self._ready:
                 break
             await self._wait_for_fetch()
-        ready, ready_ids, in_hand = self._ready, self._ready_ids, self._in_hand
-        count = min(max_items, len(ready))
-        batch = []
-        for _ in range(count):  # _take(), inlined
-            entry_id, message = ready.popleft()
-            if entry_id:
-                del ready_ids[entry_id]
-                in_hand.add(entry_id)
-            batch.append(message)
-        self._received += count
+        batch: list[ChannelMessage[T]] = self._buffer.take(max_items)
+        self._received += len(batch)
         if self._observers:
             for message in batch:
                 await self._notify_observers(message, "receive")
         return batch
 
     def _take(self) -> ChannelMessage[Any]:
-        entry_id, message = self._ready.popleft()
         self._received += 1
-        if entry_id:  # not a local stop request
-            del self._ready_ids[entry_id]
-            self._in_hand.add(entry_id)
+        message: ChannelMessage[Any] = self._buffer.take_one()
         return message
 
     def _wake_receivers(self) -> None:
@@ -881,7 +868,7 @@ class RedisStreamChannel(BaseChannel[T]):
 
     def _deliver_locally(self, message: ChannelMessage[Any]) -> None:
         """A stop request wakes the workers reading this object; it never goes to Redis."""
-        self._ready.appendleft((b"", message))
+        self._buffer.push_front(message)
         self._wake_receivers()
 
     async def _wait_for_fetch(self) -> None:
@@ -966,41 +953,7 @@ class RedisStreamChannel(BaseChannel[T]):
             counts = await self._delivery_counts(
                 [bytes(e[0]) for e in entries if e is not None and e[1] is not None]
             )
-        fetched_at = monotonic()
-        dead: list[tuple[bytes, dict[bytes, bytes], str, int]] = []
-        gone: list[bytes] = []
-        ready = self._ready
-        ready_ids = self._ready_ids
-        decode = self._decode
-        for entry in entries:
-            if entry is None:  # Redis < 7 lists entries deleted while pending as nil
-                continue
-            entry_id, fields = entry
-            if type(entry_id) is not bytes:
-                entry_id = bytes(entry_id)
-            if fields is None:  # deleted from the stream while pending
-                gone.append(entry_id)
-                continue
-            if entry_id in ready_ids:
-                continue
-            if counts is None:
-                count = 1
-            elif entry_id in counts:
-                count = counts[entry_id]
-            else:
-                continue  # acknowledged in the meantime
-            if self._max_deliveries is not None and count > self._max_deliveries:
-                reason = f"delivered {count} times, more than max_deliveries={self._max_deliveries}"
-                dead.append((entry_id, _fields(fields), reason, count))
-                continue
-            try:
-                message = decode(entry_id, fields, count)
-            except Exception as error:
-                reason = str(error) if isinstance(error, DecodeError) else repr(error)
-                dead.append((entry_id, _fields(fields), f"undecodable: {reason}", count))
-                continue
-            ready.append((entry_id, message))
-            ready_ids[entry_id] = fetched_at
+        dead, gone = self._buffer.accept(entries, monotonic(), counts)
         if len(self._ready) > self._peak_size:
             self._peak_size = len(self._ready)
         if self._ready and (self._keeper is None or self._keeper.done()):
@@ -1009,25 +962,6 @@ class RedisStreamChannel(BaseChannel[T]):
             )
         if dead or gone:
             await self._bury(dead, gone)
-
-    def _decode(self, entry_id: bytes, raw: Any, count: int) -> ChannelMessage[Any]:
-        if type(raw) is list and len(raw) == 4 and raw[0] == _CODEC and raw[2] == _BODY:
-            codec, body = raw[1], raw[3]  # what a spark producer writes
-        else:
-            fields = _fields(raw)
-            codec = fields.get(_CODEC)
-            body = fields.get(_BODY)
-        if codec is None or body is None:
-            raise DecodeError("not a spark message (no 'codec' and 'body' fields)")
-        if codec != self._codec_name:
-            raise DecodeError(
-                f"written with codec {codec.decode(errors='replace')!r}, "
-                f"but this channel decodes {self._codec.name!r}"
-            )
-        payload, metadata, is_shutdown = self._codec.decode(body)
-        metadata[METADATA_STREAM_ID] = entry_id.decode()
-        metadata[METADATA_DELIVERY_COUNT] = count
-        return ChannelMessage(payload, metadata, _Ack(self._ack_entry, entry_id), is_shutdown)
 
     async def _delivery_counts(self, ids: list[bytes]) -> dict[bytes, int]:
         """How many times each id was delivered; ids no longer pending are left out."""
@@ -1043,9 +977,7 @@ class RedisStreamChannel(BaseChannel[T]):
                 counts[bytes(row[0])] = int(row[3])
         return counts
 
-    async def _bury(
-        self, dead: list[tuple[bytes, dict[bytes, bytes], str, int]], gone: list[bytes]
-    ) -> None:
+    async def _bury(self, dead: list[Dead], gone: list[bytes]) -> None:
         """Move entries to the dead-letter stream and acknowledge them, atomically."""
         arguments: list[bytes | str | int] = [self._group, self._dead_letter_maxlen, len(dead)]
         for entry_id, fields, reason, count in dead:
@@ -1053,7 +985,7 @@ class RedisStreamChannel(BaseChannel[T]):
                 DEAD_REASON, reason, DEAD_SOURCE_ID, entry_id, DEAD_DELIVERIES, count,
                 DEAD_STREAM, self._key, DEAD_GROUP, self._group, DEAD_CONSUMER, self._consumer,
             ]  # fmt: skip
-            for name, value in fields.items():
+            for name, value in stream_fields(fields).items():
                 record += (name, value)
             arguments += (entry_id, len(record), *record)
         arguments += gone
@@ -1106,7 +1038,9 @@ class RedisStreamChannel(BaseChannel[T]):
                     lost.add(entry_id)
                     del fetched[entry_id]
             if lost:
-                self._ready = deque(r for r in self._ready if r[0] not in lost)
+                kept_ready = [r for r in self._ready if r[0] not in lost]
+                self._ready.clear()
+                self._ready.extend(kept_ready)
 
     async def _reclaim(self, fetched: dict[bytes, float], now: float) -> set[bytes]:
         """Claim entries again if nobody claimed them since we fetched them; return those kept."""
@@ -1208,18 +1142,8 @@ class RedisStreamChannel(BaseChannel[T]):
 
         Messages from elsewhere have their own ``ack`` awaited.
         """
-        ids: list[bytes] = []
-        others: list[Awaitable[None]] = []
-        mine = self._ack_entry
-        in_hand = self._in_hand
-        for message in messages:
-            ack = message.ack
-            if type(ack) is _Ack and ack.func is mine:
-                entry_id = ack.args[0]
-                if entry_id in in_hand:
-                    ids.append(entry_id)
-            elif ack is not None:
-                others.append(ack())
+        ids, foreign = self._buffer.sort_acks(messages)
+        others: list[Awaitable[None]] = [ack() for ack in foreign]
         if ids:
             if self._released:
                 raise self._not_acknowledged(ids[0])
@@ -1498,15 +1422,9 @@ def _mapping(raw: Any) -> dict[str, Any]:
     return {_text(raw[i]): raw[i + 1] for i in range(0, len(raw) - 1, 2)}
 
 
-def _fields(raw: Any) -> dict[bytes, bytes]:
-    if isinstance(raw, dict):
-        return {bytes(k): bytes(v) for k, v in raw.items()}
-    return {bytes(raw[i]): bytes(raw[i + 1]) for i in range(0, len(raw) - 1, 2)}
-
-
 def _entries(raw: Any) -> list[Entry]:
     return [
-        (bytes(item[0]), None if item[1] is None else _fields(item[1]))
+        (bytes(item[0]), None if item[1] is None else stream_fields(item[1]))
         for item in raw or ()
         if item is not None
     ]
