@@ -12,11 +12,36 @@ from spark.backends._codec import DecodeError, MsgpackCodec
 from spark.backends._stream_py import (
     METADATA_DELIVERY_COUNT,
     METADATA_STREAM_ID,
+    _ack_repr,
     stream_fields,
 )
 
 cdef bytes _CODEC = b"codec"
 cdef bytes _BODY = b"body"
+
+
+cdef class EntryAck:
+    """A received message's ``ack``: ``EntryAck(target, entry_id)()`` is ``target(entry_id)``."""
+
+    cdef readonly object target
+    cdef readonly bytes entry_id
+
+    def __init__(self, target, bytes entry_id):
+        self.target = target
+        self.entry_id = entry_id
+
+    def __call__(self):
+        return self.target(self.entry_id)
+
+    def __repr__(self):
+        return _ack_repr(self.target, self.entry_id)
+
+
+cdef inline EntryAck _new_ack(object target, bytes entry_id):
+    cdef EntryAck ack = EntryAck.__new__(EntryAck)
+    ack.target = target
+    ack.entry_id = entry_id
+    return ack
 
 
 cdef class StreamBuffer:
@@ -30,13 +55,13 @@ cdef class StreamBuffer:
     cdef object _untyped_decode
     cdef bytes _codec_name
     cdef object _message_type
-    cdef object _ack_type
     cdef object _ack_target
     cdef object _max_deliveries
+    cdef Py_ssize_t _most_deliveries  # max_deliveries, or -1 for none
     cdef object _append
     cdef object _popleft
 
-    def __init__(self, codec, message_type, ack_type, ack_target, max_deliveries):
+    def __init__(self, codec, message_type, ack_target, max_deliveries):
         from collections import deque
 
         self.ready = deque()
@@ -49,9 +74,9 @@ cdef class StreamBuffer:
         self._untyped_decode = codec._untyped.decode if type(codec) is MsgpackCodec else None
         self._codec_name = codec.name.encode()
         self._message_type = message_type
-        self._ack_type = ack_type
         self._ack_target = ack_target
         self._max_deliveries = max_deliveries
+        self._most_deliveries = -1 if max_deliveries is None else max_deliveries
         self._append = self.ready.append
         self._popleft = self.ready.popleft
 
@@ -80,7 +105,7 @@ cdef class StreamBuffer:
                 count = by_id.get(entry_id)
                 if count is None:
                     continue
-            if self._max_deliveries is not None and count > self._max_deliveries:
+            if self._most_deliveries >= 0 and count > self._most_deliveries:
                 reason = f"delivered {count} times, more than max_deliveries={self._max_deliveries}"
                 dead.append((entry_id, fields, reason, count))
                 continue
@@ -114,8 +139,7 @@ cdef class StreamBuffer:
         payload, metadata, is_shutdown = self._decode_body(body)
         metadata[METADATA_STREAM_ID] = entry_id.decode("utf-8")
         metadata[METADATA_DELIVERY_COUNT] = count
-        ack = self._ack_type(self._ack_target, entry_id)
-        return self._message_type(payload, metadata, ack, is_shutdown)
+        return self._message_type(payload, metadata, _new_ack(self._ack_target, entry_id), is_shutdown)
 
     cdef object _decode_body(self, object body):
         cdef list value
@@ -165,12 +189,11 @@ cdef class StreamBuffer:
         cdef list ids = []
         cdef list others = []
         cdef set in_hand = self.in_hand
-        cdef object ack_type = self._ack_type
         cdef object target = self._ack_target
         for message in messages:
             ack = message.ack
-            if type(ack) is ack_type and ack.func is target:
-                entry_id = ack.args[0]
+            if type(ack) is EntryAck and (<EntryAck>ack).target is target:
+                entry_id = (<EntryAck>ack).entry_id
                 if entry_id in in_hand:
                     ids.append(entry_id)
             elif ack is not None:

@@ -12,7 +12,6 @@ import dataclasses
 import importlib
 import os
 from collections.abc import Callable, Iterator
-from functools import partial
 from typing import Any
 
 import pytest
@@ -53,10 +52,6 @@ class Point:
     y: int
 
 
-class Ack(partial[Any]):
-    __slots__ = ()
-
-
 def target(entry_id: bytes) -> str:
     return f"acked {entry_id.decode()}"
 
@@ -68,7 +63,7 @@ Factory = Callable[..., Any]
 def make(buffer_class: Any) -> Factory:
     def factory(codec: Any = None, max_deliveries: int | None = 3, ack_target: Any = target) -> Any:
         codec = MsgpackCodec([Point]) if codec is None else codec
-        return buffer_class(codec, ChannelMessage, Ack, ack_target, max_deliveries)
+        return buffer_class(codec, ChannelMessage, ack_target, max_deliveries)
 
     return factory
 
@@ -92,7 +87,9 @@ def test_entries_become_messages_with_their_id_count_and_ack(make: Factory) -> N
     assert first.payload == {"a": [1, 2]} and not first.is_shutdown
     assert first.metadata == {"trace": "t", "redis_stream_id": "1-0", "redis_delivery_count": 1}
     assert second.payload == Point(1, 2) and second.is_shutdown  # a tagged payload, typed
-    assert type(first.ack) is Ack and first.ack() == "acked 1-0"
+    assert type(first.ack).__name__ == "EntryAck" and first.ack() == "acked 1-0"
+    assert first.ack.entry_id == b"1-0" and first.ack.target is target
+    assert repr(first.ack) == "<ack of entry 1-0>"
     assert buffer.fetched == {} and buffer.in_hand == {b"1-0", b"1-1"}
 
 
@@ -221,14 +218,14 @@ def test_both_builds_read_the_same_replies_the_same_way() -> None:
     ]
     results = []
     for build in builds:
-        buffer = build(MsgpackCodec([Point]), ChannelMessage, Ack, target, 3)
+        buffer = build(MsgpackCodec([Point]), ChannelMessage, target, 3)
         dead, gone = buffer.accept(replies, 7.0, {f"1-{i}".encode(): i for i in range(10)})
         messages = buffer.take(100)
         results.append(
             (
                 [(i, reason, count) for i, _, reason, count in dead],
                 gone,
-                [(m.payload, m.metadata, m.is_shutdown, m.ack.args) for m in messages],
+                [(m.payload, m.metadata, m.is_shutdown, m.ack.entry_id) for m in messages],
                 sorted(buffer.in_hand),
             )
         )
@@ -269,6 +266,10 @@ async def test_a_channel_receives_acks_and_dead_letters_with_each_build(
             rest += await receiver.receive_many(10)
         assert [m.payload for m in [first, *rest]] == [0, 1, 2, 3, 4, Point(1, 2)]
         assert rest[-1].metadata["m"] == 1
+        assert (
+            repr(first.ack)
+            == f"<ack of entry {first.metadata['redis_stream_id']} in {receiver.key!r}>"
+        )
         await receiver.ack_many([first, *rest[:2]])
         assert first.ack is not None
         await first.ack()  # again: nothing to do

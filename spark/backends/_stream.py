@@ -11,15 +11,18 @@ from typing import Literal
 
 from ..nodes.channels import IMPLEMENTATION as _CORE
 
-__all__ = ["IMPLEMENTATION", "StreamBuffer"]
+__all__ = ["IMPLEMENTATION", "EntryAck", "StreamBuffer"]
 
 IMPLEMENTATION: Literal["cython", "python"] = "python"
 
-from ._stream_py import StreamBuffer  # noqa: E402
+from ._stream_py import EntryAck, StreamBuffer  # noqa: E402
 
 if _CORE == "cython":
     try:
-        from ._stream_c import StreamBuffer  # type: ignore[import-not-found, no-redef, unused-ignore]
+        from ._stream_c import (  # type: ignore[import-not-found, no-redef, unused-ignore]
+            EntryAck,
+            StreamBuffer,
+        )
     except ImportError:
         pass
     else:

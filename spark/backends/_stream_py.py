@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from ._codec import Codec, DecodeError
 
-__all__ = ["StreamBuffer"]
+__all__ = ["EntryAck", "StreamBuffer"]
 
 _CODEC = b"codec"
 _BODY = b"body"
@@ -32,6 +33,34 @@ def stream_fields(raw: Any) -> dict[bytes, bytes]:
     return {bytes(raw[i]): bytes(raw[i + 1]) for i in range(0, len(raw) - 1, 2)}
 
 
+class EntryAck(partial[Any]):
+    """A received message's ``ack``: ``EntryAck(target, entry_id)()`` is ``target(entry_id)``.
+
+    ``target`` is the receiving channel's ``_ack``, which queues the XACK
+    and returns a future (a ``partial``, so made in C).
+    """
+
+    __slots__ = ()
+
+    @property
+    def target(self) -> Callable[[bytes], Any]:
+        return self.func
+
+    @property
+    def entry_id(self) -> bytes:
+        entry_id: bytes = self.args[0]
+        return entry_id
+
+    def __repr__(self) -> str:
+        return _ack_repr(self.func, self.args[0])
+
+
+def _ack_repr(target: Any, entry_id: bytes) -> str:
+    key = getattr(getattr(target, "__self__", None), "key", None)
+    where = "" if key is None else f" in {key!r}"
+    return f"<ack of entry {entry_id.decode()}{where}>"
+
+
 class StreamBuffer:
     """What one channel object fetched and has not seen acknowledged.
 
@@ -43,7 +72,7 @@ class StreamBuffer:
     * ``in_hand``: ids handed out and not acknowledged yet.
 
     Received messages are ``message_type(payload, metadata, ack, is_shutdown)``
-    with ``ack = ack_type(ack_target, entry_id)``; their metadata gains
+    with ``ack = EntryAck(ack_target, entry_id)``; their metadata gains
     ``redis_stream_id`` and ``redis_delivery_count``.
     """
 
@@ -51,8 +80,7 @@ class StreamBuffer:
         self,
         codec: Codec,
         message_type: Callable[..., Any],
-        ack_type: Callable[..., Any],
-        ack_target: Callable[..., Any],
+        ack_target: Callable[[bytes], Any],
         max_deliveries: int | None,
     ) -> None:
         self.ready: deque[tuple[bytes, Any]] = deque()
@@ -61,7 +89,6 @@ class StreamBuffer:
         self._codec = codec
         self._codec_name = codec.name.encode()
         self._message_type = message_type
-        self._ack_type = ack_type
         self._ack_target = ack_target
         self._max_deliveries = max_deliveries
 
@@ -125,7 +152,7 @@ class StreamBuffer:
         payload, metadata, is_shutdown = self._codec.decode(body)
         metadata[METADATA_STREAM_ID] = entry_id.decode()
         metadata[METADATA_DELIVERY_COUNT] = count
-        ack = self._ack_type(self._ack_target, entry_id)
+        ack = EntryAck(self._ack_target, entry_id)
         return self._message_type(payload, metadata, ack, is_shutdown)
 
     def push_front(self, message: Any) -> None:
@@ -161,10 +188,10 @@ class StreamBuffer:
         """
         ids: list[bytes] = []
         others: list[Any] = []
-        ack_type, target, in_hand = self._ack_type, self._ack_target, self.in_hand
+        target, in_hand = self._ack_target, self.in_hand
         for message in messages:
             ack = message.ack
-            if type(ack) is ack_type and ack.func is target:
+            if type(ack) is EntryAck and ack.func is target:
                 entry_id = ack.args[0]
                 if entry_id in in_hand:
                     ids.append(entry_id)

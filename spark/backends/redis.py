@@ -53,7 +53,6 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from time import monotonic
 from types import TracebackType
 from typing import Any, TypeVar
@@ -303,21 +302,6 @@ class _Outgoing:
         self.future = future
 
 
-class _Ack(partial["asyncio.Future[None]"]):
-    """A received message's ``ack``: ``_Ack(channel._ack, entry_id)``.
-
-    Calling it queues the XACK of the entry at once and returns a future,
-    done once Redis acknowledged it. (A ``partial``: made in C, once per
-    received message.)
-    """
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        channel = self.func.__self__  # type: ignore[attr-defined]
-        return f"<ack of entry {self.args[0].decode()} in {channel.key!r}>"
-
-
 class _AckBatch:
     __slots__ = ("future", "ids")
 
@@ -521,15 +505,16 @@ class RedisStreamChannel(BaseChannel[T]):
         # What was fetched and not acknowledged (see StreamBuffer): messages
         # ready to hand out (with their ids, and when they were fetched), and
         # the ids of those handed out.
-        self._buffer = StreamBuffer(self._codec, ChannelMessage, _Ack, self._ack, max_deliveries)
+        self._buffer = StreamBuffer(self._codec, ChannelMessage, self._ack, max_deliveries)
         self._ready: deque[tuple[bytes, ChannelMessage[Any]]] = self._buffer.ready
         self._ready_ids: dict[bytes, float] = self._buffer.fetched
         self._in_hand: set[bytes] = self._buffer.in_hand
         self._fetch: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
-        # Set (and replaced) to wake waiting receivers: on close, and when a
-        # stop request is delivered locally.
-        self._wakeup: asyncio.Future[None] | None = None
+        # One future per receiver waiting for a fetch round to end; also woken
+        # on close, and when a stop request is delivered locally.
+        self._waiters: list[asyncio.Future[None]] = []
+        self._fetch_name = f"spark-redis-receive:{name}"
         self._history: bytes | None = b"0"
         self._claim_cursor: bytes = b"0-0"
         self._next_claim = 0.0
@@ -863,8 +848,15 @@ class RedisStreamChannel(BaseChannel[T]):
         return message
 
     def _wake_receivers(self) -> None:
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _fetch_ended(self, fetch: asyncio.Task[None]) -> None:
+        if not fetch.cancelled():
+            fetch.exception()  # retrieved: the receivers woken here raise it
+        self._wake_receivers()
 
     def _deliver_locally(self, message: ChannelMessage[Any]) -> None:
         """A stop request wakes the workers reading this object; it never goes to Redis."""
@@ -877,16 +869,13 @@ class RedisStreamChannel(BaseChannel[T]):
         self._used_receive = True
         fetch = self._fetch
         if fetch is None or fetch.done():
-            fetch = self._fetch = loop.create_task(
-                self._fetch_round(), name=f"spark-redis-receive:{self._name}"
-            )
-            fetch.add_done_callback(_mark_retrieved)
-        wakeup = self._wakeup
-        if wakeup is None or wakeup.done():
-            wakeup = self._wakeup = loop.create_future()
+            fetch = self._fetch = loop.create_task(self._fetch_round(), name=self._fetch_name)
+            fetch.add_done_callback(self._fetch_ended)
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
         self._receivers_waiting += 1
         try:
-            await asyncio.wait((fetch, wakeup), return_when=asyncio.FIRST_COMPLETED)
+            await waiter
         finally:
             self._receivers_waiting -= 1
         if fetch.done() and not fetch.cancelled():
