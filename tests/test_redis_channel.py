@@ -989,6 +989,63 @@ async def test_nowait_messages_given_up_on_are_reported_once(reported_by: str) -
         await asyncio.wait_for(ch.aclose(), 5)
 
 
+async def test_a_cancelled_aclose_reports_what_it_did_not_write() -> None:
+    ch = RedisStreamChannel("s", group="g", url=unreachable_url(), retry_timeout=None)
+    for number in range(3):
+        ch.send_nowait(ChannelMessage(number))
+    waiting = asyncio.ensure_future(ch.send(ChannelMessage("waiting")))
+    closing = asyncio.ensure_future(ch.aclose())
+    await asyncio.sleep(0.2)  # the writer retries, forever
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    with pytest.raises(ChannelClosed, match="interrupted"):
+        await waiting
+    with pytest.raises(MessagesNotWritten, match="3 message") as raised:
+        await asyncio.wait_for(ch.aclose(), 5)
+    assert isinstance(raised.value.__cause__, ChannelClosed)
+    await asyncio.wait_for(ch.aclose(), 5)  # reported once
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_server_restarted_within_retry_timeout_loses_nothing() -> None:
+    server = LocalRedisServer(extra_args=("--appendonly", "yes", "--appendfsync", "always"))
+    await asyncio.to_thread(server.start)
+    name = unique()
+    producer = RedisStreamChannel(name, url=server.url, group="g", block=0.05, retry_timeout=30)
+    consumer = RedisStreamChannel(
+        name, url=server.url, group="g", block=0.05, consumer="c", retry_timeout=30
+    )
+    try:
+        await producer.send(ChannelMessage("before"))
+        first = await receive_within(consumer)
+        assert first.ack is not None
+        await first.ack()
+        await asyncio.to_thread(server._terminate)  # the server dies mid-stream
+        for number in range(3):
+            producer.send_nowait(ChannelMessage(number))  # queued; the writer retries
+        sending = asyncio.ensure_future(producer.send(ChannelMessage("waiting")))
+        with pytest.raises(RedisConnectionError):  # receive says so; the next one retries
+            await receive_within(consumer)
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(server.restart)
+        await asyncio.wait_for(sending, 20)
+        await asyncio.wait_for(producer.flush(), 20)
+        payloads = []
+        while len(payloads) < 4:
+            message = await receive_within(consumer, 20)
+            payloads.append(message.payload)
+            assert message.ack is not None
+            await message.ack()
+        assert payloads == [0, 1, 2, "waiting"]
+        assert await nothing_within(consumer, 0.3)
+        assert (await consumer.backlog()).pending == 0
+    finally:
+        await producer.aclose()
+        await consumer.aclose()
+        await asyncio.to_thread(server.stop)
+
+
 async def test_nowait_messages_redis_refuses_are_reported(redis_url: str) -> None:
     name = unique()
     admin = admin_client(redis_url)

@@ -135,6 +135,18 @@ class LocalRedisServer:
             process.kill()
             process.wait(timeout=5)
 
+    def restart(self) -> None:
+        """Stop the server and start it again, on the same port and in the same directory.
+
+        What it keeps on disk survives (pass ``--appendonly yes`` in
+        ``extra_args`` for that); it stops with SIGTERM, so it saves first.
+        """
+        path = shutil.which(self.executable)
+        if path is None or self._directory is None:
+            raise ServerUnavailable("the server was not started")
+        self._terminate()
+        self._spawn(path)
+
     def stop(self) -> None:
         """Stop the server (by its PID) and remove its directory; safe to call twice."""
         self._terminate()

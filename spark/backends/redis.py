@@ -1269,13 +1269,17 @@ class RedisStreamChannel(BaseChannel[T]):
 
         Raises ``MessagesNotWritten`` if messages queued by ``send_nowait``
         could not be written (see ``retry_timeout``). If cancelled, queued
-        messages not yet written are dropped (senders waiting on them get
-        ``ChannelClosed``) and the connections are released anyway.
+        messages not yet written are not written (senders waiting on them
+        get the ``ChannelClosed`` error, and the next ``aclose()`` or
+        ``flush()`` raises ``MessagesNotWritten`` for the others) and the
+        connections are released anyway.
         """
         self.close()
         if self._closing is None:
             self._closing = asyncio.get_running_loop().create_task(self._shutdown())
-        await self._closing
+        # Cancelled: an earlier aclose() was, and the shutdown went as far as it got.
+        if not self._closing.cancelled():
+            await self._closing
         self._raise_unwritten()
 
     async def _shutdown(self) -> None:
@@ -1300,18 +1304,11 @@ class RedisStreamChannel(BaseChannel[T]):
                 task.cancel()
             if self._flusher is not None and not self._flusher.done():
                 self._flusher.cancel()
-            dropped = [item for item in self._outbox if item.future is None]
-            for item in self._outbox:
-                if item.future is not None and not item.future.done():
-                    item.future.set_exception(self._closed_error())
-            if dropped:
-                logger.error(
-                    "channel %r: closing interrupted; %d message(s) queued by send_nowait "
-                    "were not written",
-                    self._name,
-                    len(dropped),
-                )
+            outbox = list(self._outbox)
             self._outbox.clear()
+            # Interrupted (aclose() cancelled): what send_nowait queued is
+            # reported by the next flush() or aclose(), as MessagesNotWritten.
+            self._fail(outbox, ChannelClosed(f"closing channel {self._name!r} was interrupted"))
             self._ready.clear()
             self._ready_ids.clear()
             self._released = True
