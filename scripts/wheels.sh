@@ -38,7 +38,7 @@ contents=$(tar -tzf "$sdist")
 if grep -E '\.(c|so|html)$' <<<"$contents"; then
     echo "the sdist ships generated files (listed above)" >&2; exit 1
 fi
-for source in _channels_c.pyx _worker.pxi _worker.h _am_send.h; do
+for source in _channels_c.pyx _stream_c.pyx _worker.pxi _worker.h _am_send.h; do
     grep -q "src_ext/$source" <<<"$contents" || { echo "the sdist lacks src_ext/$source" >&2; exit 1; }
 done
 
