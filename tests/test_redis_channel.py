@@ -240,6 +240,37 @@ async def xack_calls(client: Any) -> int:
     return sum(int(s.get("cmdstat_xack", {"calls": 0})["calls"]) for s in stats)
 
 
+async def test_ack_many_acks_others_too_and_close_waits_for_it(redis_url: str) -> None:
+    name = unique()
+    ch = channel(redis_url, name)
+    acked: list[str] = []
+
+    async def foreign_ack() -> None:
+        acked.append("foreign")
+
+    try:
+        await ch.send_many(ChannelMessage(i) for i in range(5))
+        batch = await ch.receive_many(5)
+        while len(batch) < 5:
+            batch += await ch.receive_many(5)
+        acking = asyncio.ensure_future(
+            ch.ack_many([*batch[:3], ChannelMessage("elsewhere", ack=foreign_ack)])
+        )
+        await asyncio.sleep(0)  # the XACK is under way
+        await ch.aclose()  # waits for it
+        await acking
+        assert acked == ["foreign"]
+        with pytest.raises(ChannelClosed, match="stays pending"):
+            await ch.ack_many(batch[3:])
+    finally:
+        await ch.aclose()
+    other = channel(redis_url, name)
+    try:
+        assert (await other.backlog()).pending == 2  # the last two, never acknowledged
+    finally:
+        await other.aclose()
+
+
 async def test_ack_after_close_raises_and_entry_stays_pending(redis_url: str) -> None:
     name = unique()
     ch = channel(redis_url, name)

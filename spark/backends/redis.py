@@ -1132,10 +1132,10 @@ class RedisStreamChannel(BaseChannel[T]):
         Messages from elsewhere have their own ``ack`` awaited.
         """
         ids, foreign = self._buffer.sort_acks(messages)
+        if ids and self._released:
+            raise self._not_acknowledged(ids[0])
         others: list[Awaitable[None]] = [ack() for ack in foreign]
         if ids:
-            if self._released:
-                raise self._not_acknowledged(ids[0])
             await self._acknowledge(ids)
         if others:
             await asyncio.gather(*others)
