@@ -57,7 +57,6 @@ cdef class StreamBuffer:
     cdef object _message_type
     cdef object _ack_target
     cdef object _max_deliveries
-    cdef Py_ssize_t _most_deliveries  # max_deliveries, or -1 for none
     cdef object _append
     cdef object _popleft
 
@@ -76,15 +75,14 @@ cdef class StreamBuffer:
         self._message_type = message_type
         self._ack_target = ack_target
         self._max_deliveries = max_deliveries
-        self._most_deliveries = -1 if max_deliveries is None else max_deliveries
         self._append = self.ready.append
         self._popleft = self.ready.popleft
 
-    def accept(self, entries, double fetched_at, counts):
+    def accept(self, entries, fetched_at, counts):
         """Decode raw ``[id, fields]`` entries onto ``ready``; return the dead and the gone."""
         cdef list dead = []
         cdef list gone = []
-        cdef dict by_id = counts
+        cdef object by_id = counts
         cdef dict fetched = self.fetched
         cdef object at = fetched_at
         cdef object entry, entry_id, fields, count, message
@@ -105,7 +103,7 @@ cdef class StreamBuffer:
                 count = by_id.get(entry_id)
                 if count is None:
                     continue
-            if self._most_deliveries >= 0 and count > self._most_deliveries:
+            if self._max_deliveries is not None and count > self._max_deliveries:
                 reason = f"delivered {count} times, more than max_deliveries={self._max_deliveries}"
                 dead.append((entry_id, fields, reason, count))
                 continue

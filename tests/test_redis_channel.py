@@ -1038,6 +1038,78 @@ async def test_a_cancelled_aclose_reports_what_it_did_not_write() -> None:
     await asyncio.wait_for(ch.aclose(), 5)  # reported once
 
 
+async def test_an_aclose_cancelled_before_it_started_is_finished_by_the_next(
+    redis_url: str,
+) -> None:
+    name = unique()
+    ch = channel(redis_url, name, consumer="first")
+    await ch.send_many(ChannelMessage(i) for i in range(5))
+    held = await receive_within(ch)  # and the rest prefetched
+    closing = asyncio.ensure_future(ch.aclose())
+    await asyncio.sleep(0)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await asyncio.wait_for(ch.aclose(), 5)
+    assert held.ack is not None
+    with pytest.raises(ChannelClosed, match="stays pending"):
+        await held.ack()  # released: the channel takes no more acks
+    other = channel(redis_url, name, consumer="second", claim_idle=60)
+    try:  # the prefetched four were handed back: taken at once, not after claim_idle
+        assert sorted([(await receive_within(other)).payload for _ in range(4)]) == [1, 2, 3, 4]
+    finally:
+        await other.aclose()
+
+
+async def test_an_aclose_cancelled_during_a_write_leaves_nobody_waiting() -> None:
+    server = LocalRedisServer(extra_args=("--enable-debug-command", "yes"))
+    await asyncio.to_thread(server.start)
+    ch = channel(server.url, unique())
+    admin = aioredis.Redis.from_url(server.url)
+    try:
+        await ch.backlog()
+        stall = asyncio.ensure_future(admin.execute_command("DEBUG", "SLEEP", "0.5"))
+        await asyncio.sleep(0.05)  # the server is busy: the next write stays under way
+        ch.send_nowait(ChannelMessage("queued"))
+        waiting = asyncio.ensure_future(ch.send(ChannelMessage("waiting")))
+        await asyncio.sleep(0.05)
+        closing = asyncio.ensure_future(ch.aclose())
+        await asyncio.sleep(0.05)
+        assert not closing.done()
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        with pytest.raises(ChannelClosed):
+            await asyncio.wait_for(waiting, 5)
+        # Reported (the batch may have reached Redis all the same), never hanging.
+        with pytest.raises(MessagesNotWritten, match="1 message"):
+            await asyncio.wait_for(ch.aclose(), 5)
+        await stall
+    finally:
+        await ch.aclose()
+        await admin.aclose()
+        await asyncio.to_thread(server.stop)
+
+
+async def test_an_entry_with_thousands_of_fields_is_dead_lettered(redis_url: str) -> None:
+    name = unique()
+    ch = channel(redis_url, name)
+    admin = admin_client(redis_url)
+    try:
+        await ch.backlog()
+        fields = {f"f{i}": str(i) for i in range(4100)}
+        await admin.xadd(ch.key, fields)
+        await ch.send(ChannelMessage("after"))
+        assert (await receive_within(ch)).payload == "after"
+        [letter] = await ch.dead_letters()
+        assert letter.reason.startswith("undecodable: not a spark message")
+        assert len(letter.fields) == 4100 and letter.fields[b"f4099"] == b"4099"
+        assert (await ch.backlog()).pending == 1  # only "after"
+    finally:
+        await ch.aclose()
+        await admin.aclose()
+
+
 @pytest.mark.timeout_s(60)
 async def test_a_server_restarted_within_retry_timeout_loses_nothing() -> None:
     server = LocalRedisServer(extra_args=("--appendonly", "yes", "--appendfsync", "always"))

@@ -92,7 +92,9 @@ async def test_the_url_of_any_node_reaches_every_slot(cluster_url: str) -> None:
 
 async def test_cluster_true_skips_asking(cluster_url: str) -> None:
     name = unique()
-    async with RedisStreamChannel(name, url=cluster_url, group="g", cluster=True, block=0.05) as ch:
+    ch = RedisStreamChannel(name, url=cluster_url, group="g", cluster=True, block=0.05)
+    assert ch._redis.cluster is True  # known before any command
+    async with ch:
         await ch.send(ChannelMessage("told"))
         assert (await asyncio.wait_for(ch.receive(), 5)).payload == "told"
 
@@ -127,6 +129,25 @@ async def test_a_plain_client_on_a_cluster_node_is_refused(cluster_url: str) -> 
         assert await client.ping()  # left open
     finally:
         await client.aclose()
+
+
+async def test_a_cluster_client_that_cannot_be_made_is_a_clear_error(
+    cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spark.backends import _redis_connection
+
+    def refuse(url: str, **options: object) -> None:
+        raise RedisClusterException("Unix domain socket is not supported in cluster mode")
+
+    monkeypatch.setattr(_redis_connection.RedisCluster, "from_url", refuse)
+    ch = RedisStreamChannel(unique(), url=cluster_url, group="g")
+    with pytest.raises(ValueError, match="no cluster client can be made"):
+        await asyncio.wait_for(ch.send(ChannelMessage("x")), 5)
+    with pytest.raises(ValueError, match="no cluster client can be made"):
+        await asyncio.wait_for(ch.backlog(), 5)  # the same again, not some other error
+    pool = ch._redis._pool
+    assert pool is not None  # kept until a cluster client exists
+    await asyncio.wait_for(ch.aclose(), 5)
 
 
 def test_keys_share_one_slot_whatever_the_name() -> None:

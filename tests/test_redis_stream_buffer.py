@@ -140,6 +140,13 @@ def test_undeliverable_entries_are_returned_with_the_reason(make: Factory) -> No
     assert message.payload == "ok" and message.metadata["redis_delivery_count"] == 2
 
 
+def test_any_delivery_bound_and_time_are_taken_as_given(make: Factory) -> None:
+    buffer = make(max_deliveries=2**70)
+    buffer.accept([entry("1-0", "a")], 3, {b"1-0": 2**69})
+    assert buffer.fetched == {b"1-0": 3}
+    assert buffer.take_one().metadata["redis_delivery_count"] == 2**69
+
+
 def test_a_tag_the_receiver_does_not_know_is_undecodable(make: Factory) -> None:
     buffer = make(codec=MsgpackCodec())
     dead, _ = buffer.accept([entry("1-0", Point(1, 2))], 0.0, None)

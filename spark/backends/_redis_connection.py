@@ -196,8 +196,15 @@ class RedisConnection:
                 "pass a redis.asyncio.RedisCluster, or url="
             )
         assert self._url is not None and self._pool is not None
+        try:
+            cluster_client = RedisCluster.from_url(self._url, **self._options)
+        except (RedisClusterException, TypeError) as error:
+            raise ValueError(
+                f"the server is a Redis Cluster node, but no cluster client can be made "
+                f"from this url: {error}"
+            ) from error
+        self._use_cluster(cluster_client)
         pool, self._pool = self._pool, None
-        self._use_cluster(RedisCluster.from_url(self._url, **self._options))
         await pool.disconnect()
         self.cluster = True
         self.execute = self._client.execute_command

@@ -97,7 +97,9 @@ class MessagesNotWritten(Exception):
 
     Raised by the next ``send``, ``send_nowait``, ``send_many``, ``flush`` or
     ``aclose`` after the background writer gave up on them: Redis stayed
-    unreachable for ``retry_timeout`` seconds, or refused them. ``count``
+    unreachable for ``retry_timeout`` seconds, or refused them, or
+    ``aclose()`` was cancelled (a batch on its way then may have reached
+    Redis all the same). ``count``
     says how many; the error that stopped the writer is ``__cause__``. The
     call that raises it sends nothing; each loss is reported once.
     """
@@ -130,7 +132,9 @@ DEAD_CONSUMER = b"dead:consumer"
 _HAND_BACK_IDLE_MS = 365 * 24 * 3600 * 1000
 # Errors a background task logs and retries later: Redis unreachable, or refusing.
 _RECOVERABLE: tuple[type[Exception], ...] = (*UNREACHABLE, ResponseError)
-_TRIM_INTERVAL = 1.0  # seconds between two trims of acknowledged entries, at most
+_TRIM_INTERVAL = 1.0
+# Field/value items of a dead-letter record above which _BURY cannot unpack() it.
+_SCRIPT_RECORD_LIMIT = 7000  # seconds between two trims of acknowledged entries, at most
 _FIRST_RETRY = 0.005
 _LAST_RETRY = 0.25
 
@@ -968,7 +972,7 @@ class RedisStreamChannel(BaseChannel[T]):
 
     async def _bury(self, dead: list[Dead], gone: list[bytes]) -> None:
         """Move entries to the dead-letter stream and acknowledge them, atomically."""
-        arguments: list[bytes | str | int] = [self._group, self._dead_letter_maxlen, len(dead)]
+        arguments: list[bytes | str | int] = [self._group, self._dead_letter_maxlen, 0]
         for entry_id, fields, reason, count in dead:
             record: list[bytes | str | int] = [
                 DEAD_REASON, reason, DEAD_SOURCE_ID, entry_id, DEAD_DELIVERIES, count,
@@ -976,7 +980,15 @@ class RedisStreamChannel(BaseChannel[T]):
             ]  # fmt: skip
             for name, value in stream_fields(fields).items():
                 record += (name, value)
+            if len(record) > _SCRIPT_RECORD_LIMIT:
+                # Too many fields for the script's unpack(): two commands, not
+                # atomic (a crash between them dead-letters the entry twice).
+                cap = ("MAXLEN", self._dead_letter_maxlen) if self._dead_letter_maxlen else ()
+                await self._redis.execute("xadd", self._dead_key, *cap, "*", *record)
+                await self._redis.execute("xack", self._key, self._group, entry_id)
+                continue
             arguments += (entry_id, len(record), *record)
+            arguments[2] = int(arguments[2]) + 1
         arguments += gone
         await self._redis.run_script(_BURY, (self._key, self._dead_key), *arguments)
         ids = [entry_id for entry_id, *_ in dead] + gone
@@ -1275,7 +1287,8 @@ class RedisStreamChannel(BaseChannel[T]):
         connections are released anyway.
         """
         self.close()
-        if self._closing is None:
+        if self._closing is None or (self._closing.cancelled() and not self._released):
+            # Never started, or cancelled before it could release anything.
             self._closing = asyncio.get_running_loop().create_task(self._shutdown())
         # Cancelled: an earlier aclose() was, and the shutdown went as far as it got.
         if not self._closing.cancelled():
@@ -1302,8 +1315,14 @@ class RedisStreamChannel(BaseChannel[T]):
         finally:
             for task in self._ack_tasks:
                 task.cancel()
+            batch = self._ack_batch  # its task may be cancelled before it starts
+            if batch is not None and not batch.future.done():
+                batch.future.set_exception(self._closed_error())
+            self._ack_batch = None
             if self._flusher is not None and not self._flusher.done():
                 self._flusher.cancel()
+                # It puts the batch it was writing back in the outbox as it stops.
+                await asyncio.wait((self._flusher,))
             outbox = list(self._outbox)
             self._outbox.clear()
             # Interrupted (aclose() cancelled): what send_nowait queued is
