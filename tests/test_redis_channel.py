@@ -231,6 +231,26 @@ async def test_concurrent_acks_go_out_as_one_xack(redis_url: str) -> None:
         await admin.aclose()
 
 
+async def test_acks_of_one_loop_iteration_go_out_as_one_xack(redis_url: str) -> None:
+    name = unique()
+    ch = channel(redis_url, name)
+    admin = admin_client(redis_url)
+    try:
+        await ch.send_many(ChannelMessage(i) for i in range(10))
+        messages = [await receive_within(ch) for _ in range(10)]
+        before = await xack_calls(admin)
+        futures = []
+        for message in messages:
+            assert message.ack is not None
+            futures.append(message.ack())  # each queued at once, none awaited yet
+        await asyncio.gather(*futures)
+        assert await xack_calls(admin) == before + 1
+        assert (await ch.backlog()).pending == 0
+    finally:
+        await ch.aclose()
+        await admin.aclose()
+
+
 async def xack_calls(client: Any) -> int:
     """XACK calls the server (every node of a cluster) has run."""
     if isinstance(client, aioredis.RedisCluster):
