@@ -50,7 +50,7 @@ UNREACHABLE: tuple[type[Exception], ...] = (
 # The commands the channel sends and reads raw (named in lower case, see above).
 RAW_COMMANDS = (
     "eval", "evalsha", "xack", "xadd", "xautoclaim", "xclaim", "xgroup", "xinfo",
-    "xlen", "xpending", "xrange", "xreadgroup", "xtrim",
+    "xlen", "xpending", "xrange", "xreadgroup",
 )  # fmt: skip
 
 _SHA: dict[str, str] = {}

@@ -1097,20 +1097,17 @@ class RedisStreamChannel(BaseChannel[T]):
         if self._ack_batch is batch:
             self._ack_batch = None
         try:
-            await self._redis.execute("xack", self._key, self._group, *batch.ids)
+            await self._acknowledge(list(batch.ids))
         except asyncio.CancelledError:
             batch.future.set_exception(self._closed_error())
             raise
         except Exception as error:
             batch.future.set_exception(error)
         else:
-            self._in_hand.difference_update(batch.ids)
             batch.future.set_result(None)
-            if self._trim_acknowledged and monotonic() >= self._next_trim:
-                self._start_trim()
 
     async def _acknowledge(self, ids: list[bytes]) -> None:
-        """XACK ``ids`` now, from the calling task (``close()`` waits for it)."""
+        """XACK ``ids`` now, from the calling task (``close()`` waits for it); trim after."""
         self._acking += 1
         try:
             await self._redis.execute("xack", self._key, self._group, *ids)
