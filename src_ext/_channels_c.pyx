@@ -295,21 +295,28 @@ cdef class _Ring:
 
     cdef bint remove(self, object item) except -1:
         """Remove ``item`` (by identity) keeping the others in order."""
-        cdef Py_ssize_t i, j, n = self.count
-        cdef list items = self.items
-        for i in range(n):
-            if PyList_GET_ITEM(items, (self.head + i) & self.mask) == <PyObject*>item:
-                for j in range(i, n - 1):
-                    _list_store(
-                        items,
-                        (self.head + j) & self.mask,
-                        PyList_GET_ITEM(items, (self.head + j + 1) & self.mask),
-                    )
-                _list_store(items, (self.head + n - 1) & self.mask, NULL)
-                self.count -= 1
-                Py_DECREF(item)
+        cdef Py_ssize_t i
+        for i in range(self.count):
+            if PyList_GET_ITEM(self.items, (self.head + i) & self.mask) == <PyObject*>item:
+                self.remove_at(i)
                 return True
         return False
+
+    cdef int remove_at(self, Py_ssize_t i) except -1:
+        """Remove the item ``i`` places from the oldest, keeping the others in order."""
+        cdef Py_ssize_t j, n = self.count
+        cdef list items = self.items
+        cdef PyObject* removed = PyList_GET_ITEM(items, (self.head + i) & self.mask)
+        for j in range(i, n - 1):
+            _list_store(
+                items,
+                (self.head + j) & self.mask,
+                PyList_GET_ITEM(items, (self.head + j + 1) & self.mask),
+            )
+        _list_store(items, (self.head + n - 1) & self.mask, NULL)
+        self.count -= 1
+        Py_DECREF(<object>removed)
+        return 0
 
     cdef int clear_to(self, list out) except -1:
         while self.count:
@@ -327,6 +334,7 @@ cdef enum:
     OP_RECEIVE = 1
     OP_RECEIVE_MANY = 2
     OP_ANEXT = 3
+    OP_ROOM = 4  # wait until a send would not wait, sending nothing (a broadcast's)
 
 cdef enum:
     ST_INIT = 0
@@ -430,6 +438,8 @@ cdef class _Op:
             self.state = ST_RUNNING
             if self.kind == OP_SEND:
                 return self._start_send()
+            if self.kind == OP_ROOM:
+                return self._start_room()
             return self._start_receive()
         if state == ST_WAITING:
             return self._wake_up()
@@ -543,6 +553,16 @@ cdef class _Op:
         channel._enqueue(self.message)
         return self._observe(None)
 
+    cdef object _start_room(self):
+        cdef InMemoryChannel channel = self.channel
+        if channel._closed:
+            self._release()
+            raise channel._closed_error()
+        if channel._is_full():
+            return self._suspend(channel._senders)
+        self._release()
+        return None
+
     cdef object _start_receive(self):
         cdef InMemoryChannel channel = self.channel
         cdef _Ring buffer = channel._buffer
@@ -589,12 +609,15 @@ cdef class _Op:
             raise RuntimeError("a channel operation was resumed before it was woken")
         self.future = None
         self.state = ST_RUNNING
-        if self.kind == OP_SEND:
+        if self.kind == OP_SEND or self.kind == OP_ROOM:
             if woken == WOKEN_PROMISED:
                 channel._senders_woken -= 1
             if woken == WOKEN_CLOSED or channel._closed:
                 self._release()
                 raise channel._closed_error()
+            if self.kind == OP_ROOM:
+                self._release()
+                return None
             channel._enqueue(self.message)
             return self._observe(None)
         if woken == WOKEN_CLOSED:
@@ -608,7 +631,7 @@ cdef class _Op:
     cdef int _abandon(self) except -1:
         """Leave the channel as if this blocked op had never started."""
         cdef InMemoryChannel channel = self.channel
-        cdef bint sending = self.kind == OP_SEND
+        cdef bint sending = self.kind == OP_SEND or self.kind == OP_ROOM
         if self.woken == WOKEN_PROMISED:
             if sending:
                 channel._senders_woken -= 1
@@ -1214,6 +1237,13 @@ cdef class InMemoryChannel(_ObservedChannel):
         for op in waiting:
             _wake(<_Op>op, WOKEN_CLOSED)
 
+    cdef _Op _room(self):
+        """An awaitable that waits until a send would not wait, sending nothing."""
+        cdef _Op op = _Op.__new__(_Op)
+        op.channel = self
+        op.kind = OP_ROOM
+        return op
+
     @property
     def maxsize(self):
         """The bound on buffered messages; 0 means unbounded."""
@@ -1493,3 +1523,4 @@ async def _anext_through_receive(channel):
 
 
 include "_worker.pxi"
+include "_fanout.pxi"

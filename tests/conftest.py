@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from spark.nodes import _bridge, _channels_py, _node, _worker
+from spark.nodes import _bridge, _broadcast_py, _channels_py, _node, _select_py, _worker
 
 REQUIRE_EXTENSIONS = bool(os.environ.get("SPARK_REQUIRE_EXTENSIONS"))
 DEFAULT_TIMEOUT = 30.0
@@ -45,6 +45,12 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 }
 
 
+# Where the pure build keeps what the compiled module has in one place.
+_MODULES: dict[str, tuple[ModuleType, ...]] = {
+    "python": (_channels_py, _broadcast_py, _select_py),
+}
+
+
 @dataclass(frozen=True)
 class Impl:
     """One build of the channels, as the tests see it."""
@@ -53,6 +59,9 @@ class Impl:
     module: ModuleType
 
     def __getattr__(self, attr: str) -> Any:
+        for module in _MODULES.get(self.name, (self.module,)):
+            if hasattr(module, attr):
+                return getattr(module, attr)
         return getattr(self.module, attr)
 
     def QueueBridge(self, channel: Any) -> _bridge.QueueBridge:

@@ -70,6 +70,8 @@ class ChannelStats:
     """Tasks blocked in ``receive`` because the channel is empty."""
     closed: bool
     """Whether ``close()`` has been called."""
+    dropped: int = 0
+    """Messages discarded unread to make room (a lagging broadcast subscriber's oldest)."""
 
 
 _names = count(1)

@@ -178,9 +178,11 @@ class InMemoryChannel(BaseChannel[T]):
         # path of an open unbounded channel.
         self._guarded = bool(self._maxsize)
         self._buffer: deque[ChannelMessage[T]] = deque()
-        # Futures of blocked tasks, oldest first. A future's result is True
-        # when it was woken with a promise, False when woken by close().
-        self._receivers: deque[asyncio.Future[bool]] = deque()
+        # Futures of blocked tasks, oldest first. A receiver's future gets the
+        # channel that promised it a message, or None when woken by close()
+        # (``select`` shares one future among several channels' queues). A
+        # sender's gets True when promised a free slot, False when woken by close().
+        self._receivers: deque[asyncio.Future[InMemoryChannel[T] | None]] = deque()
         self._senders: deque[asyncio.Future[bool]] = deque()
         # Messages at the front of the buffer promised to woken receivers
         # that have not run yet; they take no room and are not counted in
@@ -343,22 +345,32 @@ class InMemoryChannel(BaseChannel[T]):
             return self._take_queued()  # promised ones are ahead, but one is free
         if self._closed:
             raise self._closed_error()
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[InMemoryChannel[T] | None] = (
+            asyncio.get_running_loop().create_future()
+        )
         self._receivers.append(future)
         try:
-            promised = await future
+            promiser = await future
         except BaseException:
-            if future.done() and not future.cancelled() and future.result():
-                self._receivers_woken -= 1  # the message is queued again...
-                self._note_size()
-                self._wake_receivers()  # ...for the next blocked receiver
+            if future.done() and not future.cancelled() and future.result() is not None:
+                self._give_back_promise()
             else:
                 _discard(self._receivers, future)
             raise
-        if not promised:
+        if promiser is None:
             raise self._closed_error()
+        return self._take_promised()
+
+    def _take_promised(self) -> ChannelMessage[T]:
+        """Take the message promised to a woken receiver (it is at the front)."""
         self._receivers_woken -= 1
         return self._buffer.popleft()
+
+    def _give_back_promise(self) -> None:
+        """A woken receiver left without its message: queue it again for the next one."""
+        self._receivers_woken -= 1
+        self._note_size()
+        self._wake_receivers()
 
     def _take_queued(self) -> ChannelMessage[T]:
         """Dequeue the oldest message while more are buffered than promised."""
@@ -377,7 +389,7 @@ class InMemoryChannel(BaseChannel[T]):
         while receivers and len(self._buffer) > self._receivers_woken:
             future = receivers.popleft()
             if not future.done():
-                future.set_result(True)
+                future.set_result(self)
                 self._receivers_woken += 1
                 promised = True
         if promised and self._senders:  # a promised message no longer takes room
@@ -395,11 +407,15 @@ class InMemoryChannel(BaseChannel[T]):
         if self._closed:
             return
         self._closed = self._guarded = True
-        for waiters in (self._receivers, self._senders):
-            while waiters:
-                future = waiters.popleft()
-                if not future.done():
-                    future.set_result(False)
+        receivers, senders = self._receivers, self._senders
+        while receivers:
+            receiver = receivers.popleft()
+            if not receiver.done():
+                receiver.set_result(None)
+        while senders:
+            sender = senders.popleft()
+            if not sender.done():
+                sender.set_result(False)
 
     @property
     def maxsize(self) -> int:

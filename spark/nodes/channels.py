@@ -12,6 +12,7 @@ import sys
 from typing import TYPE_CHECKING, Literal
 
 from ._bridge import QueueBridge
+from ._broadcast_py import OnFull
 from ._channel_base import (
     BaseChannel,
     ChannelClosed,
@@ -20,19 +21,26 @@ from ._channel_base import (
     check_max_items,
     check_message,
 )
+from ._select_py import MergedChannel
 
 __all__ = [
     "IMPLEMENTATION",
     "BaseChannel",
+    "BroadcastChannel",
+    "BroadcastSubscription",
     "ChannelClosed",
     "ChannelMessage",
     "ChannelStats",
     "ForwardingChannel",
     "InMemoryChannel",
+    "MergedChannel",
     "ObserverCallable",
+    "OnFull",
     "QueueBridge",
     "check_max_items",
     "check_message",
+    "merge",
+    "select",
 ]
 
 NO_EXTENSIONS = bool(os.environ.get("SPARK_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
@@ -40,18 +48,26 @@ NO_EXTENSIONS = bool(os.environ.get("SPARK_NO_EXTENSIONS")) or sys.implementatio
 IMPLEMENTATION: Literal["cython", "python"]
 
 if TYPE_CHECKING or NO_EXTENSIONS:
+    from ._broadcast_py import BroadcastChannel, BroadcastSubscription
     from ._channels_py import ChannelMessage, ForwardingChannel, InMemoryChannel
+    from ._select_py import merge, select
 
     IMPLEMENTATION = "python"
 else:
     try:
         from ._channels_c import (  # type: ignore[import-not-found, unused-ignore]
+            BroadcastChannel,
+            BroadcastSubscription,
             ChannelMessage,
             ForwardingChannel,
             InMemoryChannel,
+            merge,
+            select,
         )
     except ImportError:
+        from ._broadcast_py import BroadcastChannel, BroadcastSubscription
         from ._channels_py import ChannelMessage, ForwardingChannel, InMemoryChannel
+        from ._select_py import merge, select
 
         IMPLEMENTATION = "python"
     else:
