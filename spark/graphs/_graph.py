@@ -9,6 +9,7 @@ from spark.nodes import Edge, Node
 from ._result import RunResult
 from ._run import ChannelFactory, GraphRun
 from ._task import Task
+from .event_bus import GraphEventBus
 
 __all__ = ["Graph"]
 
@@ -22,9 +23,20 @@ class Graph:
     ``edge.target.mailbox``); by default an edge gets a ``ForwardingChannel``
     into the target's mailbox that adds ``edge_id``, ``from_node`` and
     ``to_node`` to the metadata. An edge made with its own ``channel`` keeps it.
+
+    ``event_bus`` (a new ``GraphEventBus`` by default) is attached to every
+    node when the graph is made and again when each run starts, so nodes
+    can ``publish_event`` and ``subscribe_event``. It outlives the runs:
+    a run neither closes it nor empties its replay buffer.
     """
 
-    def __init__(self, start: Node, *, channel_factory: ChannelFactory | None = None) -> None:
+    def __init__(
+        self,
+        start: Node,
+        *,
+        channel_factory: ChannelFactory | None = None,
+        event_bus: GraphEventBus | None = None,
+    ) -> None:
         if not isinstance(start, Node):
             raise TypeError(f"a graph starts at a Node, got {type(start).__name__}")
         if channel_factory is not None and not callable(channel_factory):
@@ -32,7 +44,22 @@ class Graph:
         self._start = start
         self._channel_factory = channel_factory
         self._run: GraphRun | None = None
-        self._discover()
+        self.event_bus = GraphEventBus() if event_bus is None else event_bus
+
+    @property
+    def event_bus(self) -> GraphEventBus:
+        """The bus attached to the graph's nodes; setting one attaches it to them."""
+        return self._event_bus
+
+    @event_bus.setter
+    def event_bus(self, event_bus: GraphEventBus) -> None:
+        if not isinstance(event_bus, GraphEventBus):
+            raise TypeError(
+                f"a graph's event_bus must be a GraphEventBus, got {type(event_bus).__name__}"
+            )
+        self._event_bus = event_bus
+        for node in self._discover():
+            node.attach_event_bus(event_bus)
 
     @property
     def start(self) -> Node:
@@ -70,7 +97,9 @@ class Graph:
             raise TypeError(f"run() takes a Task, got {type(task).__name__}")
         if self._run is not None:
             raise RuntimeError("this graph is already running; await that run or call stop()")
-        self._run = GraphRun(self._discover(), self._start, task, self._channel_factory)
+        self._run = GraphRun(
+            self._discover(), self._start, task, self._channel_factory, self._event_bus
+        )
         try:
             return await self._run.execute()
         finally:

@@ -24,6 +24,7 @@ from spark.nodes.channels import (
 
 from ._result import PerNode, RunResult, RunStatus
 from ._task import Task, TaskType
+from .event_bus import GraphEventBus
 
 __all__ = ["ChannelFactory", "GraphRun"]
 
@@ -58,11 +59,13 @@ class GraphRun:
         start: Node,
         task: Task,
         channel_factory: ChannelFactory | None,
+        event_bus: GraphEventBus | None = None,
     ) -> None:
         self._nodes = nodes
         self._start = start
         self._task = task
         self._channel_factory = channel_factory
+        self._event_bus = event_bus
         self._loop = asyncio.get_running_loop()
         self._stop_requested: asyncio.Future[None] = self._loop.create_future()
         self._workers: dict[Node, asyncio.Task[None]] = {}
@@ -112,6 +115,9 @@ class GraphRun:
                     f"{type(node).__name__}.go must be a coroutine function: "
                     "define it with 'async def go(self)'"
                 )
+        if self._event_bus is not None:  # nodes connected since the graph was made get it too
+            for node in self._nodes:
+                node.attach_event_bus(self._event_bus)
         predecessors: dict[str, set[str]] = {node.id: set() for node in self._nodes}
         for node in self._nodes:
             for edge in node.edges:

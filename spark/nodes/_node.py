@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from types import CoroutineType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import uuid4
 
 from . import _channels_py
@@ -21,6 +21,9 @@ from ._shutdown import ShutdownCounter, is_stop_request, stop_request
 from ._worker import Route, compiled_loop, new_state, routes
 from .channels import BaseChannel, ChannelClosed, ChannelMessage, InMemoryChannel
 from .config import NodeConfig
+
+if TYPE_CHECKING:
+    from spark.graphs.event_bus import EventSubscription, GraphEventBus
 
 __all__ = ["Node", "NodeStats", "RunBinding"]
 
@@ -103,6 +106,9 @@ class Node:
     ``self._stop_flag`` and ``message.is_shutdown``). ``a >> b`` connects
     ``a`` to ``b``.
     """
+
+    event_bus: GraphEventBus | None = None
+    """The event bus the node publishes to and subscribes on; a graph attaches its own."""
 
     def __init__(
         self,
@@ -393,6 +399,54 @@ class Node:
             self._output(payload)
         else:
             await self._send_along(outgoing, payload, _trace_id(parent), _monotonic())
+
+    # -- events ----------------------------------------------------------
+
+    def attach_event_bus(self, event_bus: GraphEventBus | None) -> None:
+        """Use ``event_bus`` for ``publish_event`` and ``subscribe_event``; ``None`` detaches.
+
+        A graph calls it for each of its nodes when it is made and when a
+        run starts, with ``graph.event_bus``.
+        """
+        from spark.graphs.event_bus import GraphEventBus
+
+        if event_bus is not None and not isinstance(event_bus, GraphEventBus):
+            raise TypeError(
+                f"attach_event_bus takes a GraphEventBus or None, got {type(event_bus).__name__}"
+            )
+        self.event_bus = event_bus
+
+    async def publish_event(
+        self, topic: str, payload: Any, *, metadata: Mapping[str, Any] | None = None
+    ) -> None:
+        """Publish ``payload`` on ``topic`` of the node's event bus; without a bus, do nothing.
+
+        The event's metadata holds ``topic``, ``node_id`` and ``node_name``
+        (this node's), and ``metadata``, whose keys win. See
+        ``GraphEventBus.publish``.
+        """
+        bus = self.event_bus
+        if bus is None:
+            return
+        merged: dict[str, Any] = {"node_id": self._id, "node_name": self._name}
+        if isinstance(metadata, Mapping):
+            merged.update(metadata)
+        elif metadata is not None:
+            raise TypeError(f"metadata must be a mapping or None, got {type(metadata).__name__}")
+        await bus.publish(topic, payload, metadata=merged)
+
+    async def subscribe_event(self, topic: str) -> EventSubscription:
+        """Subscribe to ``topic`` (``"*"`` for every topic) on the node's event bus.
+
+        Raises ``RuntimeError`` when the node has no bus.
+        """
+        bus = self.event_bus
+        if bus is None:
+            raise RuntimeError(
+                f"node {self._name!r} has no event bus: run it in a Graph, or call "
+                "node.attach_event_bus(GraphEventBus()) first"
+            )
+        return await bus.subscribe(topic)
 
     # -- internals -------------------------------------------------------
 
