@@ -25,6 +25,8 @@ from typing import Any
 
 from spark.nodes import Node, _channels_py, channels
 
+from . import _fanout_py
+
 __all__ = [
     "CONTENDERS",
     "SCENARIOS",
@@ -525,6 +527,93 @@ async def _hand_written_stages(contender: Contender, messages: Sequence[Any]) ->
         raise AssertionError(f"the sink got {len(outputs)} of {len(messages)} payloads")
 
 
+def _fanout_api(contender: Contender) -> Any:
+    """Where the contender's build keeps BroadcastChannel and select (the pure one: two modules)."""
+    if contender.module is _channels_py:
+        return _fanout_py
+    return contender.module
+
+
+SUBSCRIBERS = 8
+
+
+async def broadcast_8(contender: Contender, messages: Sequence[Any]) -> None:
+    """One producer, 8 consumers each receiving every message; backlogs bounded at 100.
+
+    Our builds: a ``BroadcastChannel(maxsize=100)`` with 8 subscriptions.
+    Others: the same fan-out by hand, the producer putting each message
+    into 8 queues of maxsize 100.
+    """
+    if contender.is_channel:
+        broadcast = _fanout_api(contender).BroadcastChannel(maxsize=100)
+        inboxes = [broadcast.subscribe() for _ in range(SUBSCRIBERS)]
+
+        async def produce() -> None:
+            send = broadcast.send
+            for message in messages:
+                await send(message)
+
+    else:
+        inboxes = [contender.make(100) for _ in range(SUBSCRIBERS)]
+        sends = [inbox.send for inbox in inboxes]
+
+        async def produce() -> None:
+            for message in messages:
+                for send in sends:
+                    await send(message)
+
+    async def consume(inbox: Any) -> None:
+        receive = inbox.receive
+        for message in messages:
+            if (received := await receive()) is not message:
+                raise _lost(received, message)
+
+    consumers = [asyncio.ensure_future(consume(inbox)) for inbox in inboxes]
+    await produce()
+    await asyncio.gather(*consumers)
+
+
+SOURCES = 4
+
+
+async def select_4(contender: Contender, messages: Sequence[Any]) -> list[Any]:
+    """4 producers, each into its own channel (maxsize 100); one consumer waiting on all 4.
+
+    Our builds: ``await select(*channels)`` per message. Others: the usual
+    hand-written way, ``asyncio.wait`` over one ``receive()`` task per
+    queue, taking what finished and cancelling the rest.
+    """
+    sources = [contender.make(100) for _ in range(SOURCES)]
+
+    async def produce(source: Any, share: Sequence[Any]) -> None:
+        send = source.send
+        for message in share:
+            await send(message)
+
+    producers = [
+        asyncio.ensure_future(produce(source, messages[i::SOURCES]))
+        for i, source in enumerate(sources)
+    ]
+    received: list[Any] = []
+    append, total = received.append, len(messages)
+    if contender.is_channel:
+        select = _fanout_api(contender).select
+        for _ in range(total):
+            append((await select(*sources))[1])
+    else:
+        receives = [source.receive for source in sources]
+        wait, first, ensure_future = asyncio.wait, asyncio.FIRST_COMPLETED, asyncio.ensure_future
+        while len(received) < total:
+            tasks = [ensure_future(receive()) for receive in receives]
+            done, pending = await wait(tasks, return_when=first)
+            for task in pending:
+                task.cancel()
+            for task in done:
+                append(task.result())
+    await asyncio.gather(*producers)
+    return received  # interleaved: checked by verify(), after the timing
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
@@ -534,6 +623,18 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("pipeline-1", pipeline_1, "producer and consumer, maxsize=1: a task switch each"),
         Scenario("ping-pong", ping_pong, "request and reply over two maxsize=1 channels"),
         Scenario("fan-in-4", fan_in_4, "4 producers, 1 consumer, maxsize=1000"),
+        Scenario(
+            "broadcast-8",
+            broadcast_8,
+            "1 producer, 8 subscribers each receiving every message, maxsize=100 "
+            "(others: the fan-out by hand over 8 queues)",
+        ),
+        Scenario(
+            "select-4",
+            select_4,
+            "4 producers into 4 channels (maxsize=100), 1 consumer: await select(*channels) "
+            "(others: asyncio.wait over a get() task per queue, cancelling the losers)",
+        ),
         Scenario(
             "observer-1",
             _observed(1, asynchronous=False),
