@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The drop-in check: the reference framework's own test suite, run as it is
 # and with its spark/nodes/channels.py replaced by ours (compiled, then pure),
-# must give the same result, test for test.
+# must give the same result, test for test; and its event bus tests must
+# pass against our spark package.
 #
 #   scripts/reference_suite.sh REFERENCE_CHECKOUT PYTHON
 #
@@ -57,6 +58,19 @@ for build in compiled pure; do
         echo "$build: the same result as the original, test for test"
     else
         echo "$build: differs from the original:"; cat "$work/$build.diff"; status=1
+    fi
+done
+# The reference's event bus tests, run against our spark package (both builds).
+mkdir "$work/bus"
+cp "$reference"/tests/unit/test_event_bus_replay.py "$reference"/tests/unit/test_channels_and_bus.py "$work/bus/"
+for build in compiled pure; do
+    no_ext=$([ $build = pure ] && echo 1 || true)
+    if (cd "$work/bus" && PYTHONPATH="$ours" SPARK_NO_EXTENSIONS=$no_ext "$python" -m pytest -q \
+        -p no:cacheprovider . >"$work/bus-$build.log" 2>&1); then
+        echo "event bus, $build: the reference's tests pass on ours ($(passed bus-$build))"
+    else
+        echo "event bus, $build: the reference's tests fail on ours:"; tail -20 "$work/bus-$build.log"
+        status=1
     fi
 done
 exit $status
