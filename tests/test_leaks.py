@@ -90,7 +90,45 @@ async def batches(impl, payload, count):
             got += len(await channel.receive_many(100))
 
 
-PHASES = [unbounded_with_observers, bounded_through_a_forwarder, with_cancellations, batches]
+async def broadcast_through_select(impl, payload, count):
+    """A tenth of the messages: each reaches two subscriptions, read by cancelled selects too."""
+    count //= 10
+    broadcast = impl.BroadcastChannel(maxsize=8)
+    sources = [broadcast.subscribe(), broadcast.subscribe(), impl.InMemoryChannel()]
+
+    async def produce():
+        for i in range(count):
+            await broadcast.send(impl.ChannelMessage(payload, {"i": i}))
+        broadcast.close()
+        sources[2].close()
+
+    producer = asyncio.ensure_future(produce())
+    received = tick = 0
+    while True:
+        tick += 1
+        selecting = asyncio.ensure_future(impl.select(*sources))
+        if tick % 3 == 0:
+            await asyncio.sleep(0)
+            selecting.cancel()  # sometimes after it was promised a message
+        try:
+            _, message = await selecting
+        except asyncio.CancelledError:
+            continue
+        except ChannelClosed:
+            break
+        assert message.payload is payload
+        received += 1
+    await producer
+    assert received == 2 * count
+
+
+PHASES = [
+    unbounded_with_observers,
+    bounded_through_a_forwarder,
+    with_cancellations,
+    batches,
+    broadcast_through_select,
+]
 
 
 async def run_phases(impl, payload, count):
