@@ -202,9 +202,11 @@ cdef class BroadcastChannel(_ObservedChannel):
         blocked = self._blocked
         blocked.append(turn)
         try:
-            if blocked[0] is not turn and not await turn:
-                raise self._closed_error()
+            if blocked[0] is not turn:
+                await turn
             while True:
+                if self._closed:  # before our turn came, or while we waited for room
+                    raise self._closed_error()
                 full = self._first_full()
                 if full is None:
                     break
@@ -508,7 +510,13 @@ async def _wait_for_any(channels, list inners, set gone, merged):
         else:
             op._abandon()  # still queued somewhere: withdraw it
             op._release()
-    won = _settle(channels, tasks, gone) if tasks else None
+    try:
+        won = _settle(channels, tasks, gone) if tasks else None
+    except BaseException:  # another kind of channel failed: take nothing
+        if promised is not None:
+            promised._abandon()  # hands the promise on
+            promised._release()
+        raise
     if promised is None:
         return won
     if won is not None:  # another kind finished too: keep its message for later

@@ -316,3 +316,23 @@ async def test_cancelled_sends_reach_nobody_and_completed_ones_everybody(impl):
     assert len(completed) < 300, "no send was cancelled: the test proves nothing"
     for got in results:
         assert got == completed
+
+
+async def test_close_stops_a_blocked_send_whose_turn_came(impl):
+    broadcast = impl.BroadcastChannel(maxsize=1)
+    subscriber = broadcast.subscribe()
+    await broadcast.send(impl.ChannelMessage(0))
+    first = asyncio.ensure_future(broadcast.send(impl.ChannelMessage(1)))
+    second = asyncio.ensure_future(broadcast.send(impl.ChannelMessage(2)))
+    await settle()
+    subscriber.receive_nowait()  # room: the first delivers and hands its turn to the second
+    for _ in range(10):
+        await asyncio.sleep(0)
+        if first.done():
+            break
+    assert first.done() and not second.done()
+    broadcast.close()
+    with pytest.raises(ChannelClosed):
+        await second
+    assert broadcast.stats().sent == 2
+    assert payloads(subscriber) == [1]

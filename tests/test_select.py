@@ -385,3 +385,26 @@ def test_public_names_come_from_the_active_build():
     assert channels.BroadcastChannel.__module__.endswith(
         "_channels_c" if build == "cython" else "_broadcast_py"
     )
+
+
+class FailingChannel(QueueChannel):
+    """Another kind of channel whose receive() fails once ``fail`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__("failing", nowait=False)
+        self.fail = asyncio.Event()
+
+    async def receive(self) -> Any:
+        await self.fail.wait()
+        raise RuntimeError("the backend is down")
+
+
+async def test_a_failing_channel_raises_and_a_promised_message_stays(impl):
+    mine, failing = impl.InMemoryChannel("mine"), FailingChannel()
+    selecting = asyncio.ensure_future(impl.select(mine, failing))
+    await settle()
+    failing.fail.set()  # fails in the same iteration as mine promises its message
+    mine.send_nowait(impl.ChannelMessage("x"))
+    with pytest.raises(RuntimeError, match="backend"):
+        await selecting
+    assert (await asyncio.wait_for(mine.receive(), 1)).payload == "x"

@@ -233,9 +233,13 @@ class BroadcastChannel(BaseChannel[T]):
         blocked = self._blocked
         blocked.append(turn)
         try:
-            if blocked[0] is not turn and not await turn:
-                raise self._closed_error()
-            while (full := self._first_full()) is not None:
+            if blocked[0] is not turn:
+                await turn
+            while True:
+                if self._closed:  # before our turn came, or while we waited for room
+                    raise self._closed_error()
+                if (full := self._first_full()) is None:
+                    break
                 try:
                     await full._wait_for_room()
                 except ChannelClosed:  # that subscriber left, or we are closed

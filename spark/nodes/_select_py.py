@@ -207,7 +207,12 @@ async def _wait(
             _hold(*won)
         raise
     _withdraw(future, inners, merged)
-    won = _settle(channels, tasks, gone)
+    try:
+        won = _settle(channels, tasks, gone)
+    except BaseException:  # another kind of channel failed: take nothing
+        if promiser is not None:
+            promiser._give_back_promise()
+        raise
     if promiser is not None:  # an in-memory channel promised us its oldest message
         if won is not None:  # and another kind finished too: keep its message for later
             _hold(*won)
