@@ -9,6 +9,7 @@ from spark.nodes._select_py import MergedChannel, check_channels
 from spark.nodes._broadcast_py import check_on_full
 
 cdef object _take_other = _select_py._take_other
+cdef object _start_receives = _select_py._start_receives
 cdef object _settle = _select_py._settle
 cdef object _hold = _select_py._hold
 cdef object _ensure_future = asyncio.ensure_future
@@ -253,7 +254,7 @@ cdef class BroadcastChannel(_ObservedChannel):
         cdef Py_ssize_t maxsize = self._maxsize
         self._sent += 1
         for subscription in self._subscribers:
-            if maxsize and subscription._room_taken() >= maxsize:
+            while maxsize and subscription._room_taken() >= maxsize:
                 subscription._drop_oldest()  # only "drop_oldest" gets here
             subscription._enqueue(message)
         return 0
@@ -315,7 +316,7 @@ cdef class BroadcastChannel(_ObservedChannel):
             size=max([stats.size for stats in each], default=0),
             peak_size=max([stats.peak_size for stats in each], default=0),
             maxsize=self._maxsize,
-            senders_waiting=sum([not turn.done() for turn in self._blocked]),
+            senders_waiting=len(self._blocked),
             receivers_waiting=sum([stats.receivers_waiting for stats in each]),
             closed=self._closed,
             dropped=sum([stats.dropped for stats in each]),
@@ -370,7 +371,9 @@ def select(*channels):
       had; the others are untouched;
     * fair: when several are ready, the scan starts at a random channel, so
       each ready one is picked with a probability of at least 1/n;
-    * a select that is cancelled (or times out) has taken nothing;
+    * a select that is cancelled (or times out) has taken nothing (as with
+      ``receive``, except while it awaits an async receive observer: the
+      message is taken by then);
     * the channels' receive observers run, as for ``receive``;
     * once every channel is closed and drained, ``ChannelClosed`` is raised.
 
@@ -384,11 +387,16 @@ def select(*channels):
     """
     for channel in channels:
         if _native(channel) is None:
-            check_channels(channels, "select()")
-            break
+            return _checked_select(channels)
     if not channels:
-        check_channels(channels, "select()")
+        return _checked_select(channels)
     return _select_from(channels, _random_below(len(channels)), None)
+
+
+async def _checked_select(channels):
+    """select() over channels that are not all compiled in-memory ones: checked when awaited."""
+    check_channels(channels, "select()")
+    return await _select_from(channels, _random_below(len(channels)), None)
 
 
 def merge(*channels, name=None):
@@ -470,23 +478,18 @@ async def _wait_for_any(channels, list inners, set gone, merged):
     cdef _Op promised = None
     cdef list ops = []
     future = _get_running_loop().create_future()
-    tasks = {}
+    tasks = _start_receives(channels, inners, gone, future)
     for index in range(count):
         inner = <InMemoryChannel>inners[index]
-        if inner is not None:
-            if not inner._closed:
-                op = _Op.__new__(_Op)
-                op.channel = inner
-                op.kind = OP_RECEIVE
-                op.future = future
-                op.woken = WOKEN_NOT
-                op.state = ST_WAITING
-                inner._receivers.push(op)
-                ops.append(op)
-        elif index not in gone:
-            task = _ensure_future(channels[index].receive())
-            tasks[task] = index
-            task.add_done_callback(lambda _: future.done() or future.set_result(None))
+        if inner is not None and not inner._closed:
+            op = _Op.__new__(_Op)
+            op.channel = inner
+            op.kind = OP_RECEIVE
+            op.future = future
+            op.woken = WOKEN_NOT
+            op.state = ST_WAITING
+            inner._receivers.push(op)
+            ops.append(op)
     if merged is not None:
         merged._waiting.add(future)
     try:

@@ -336,3 +336,39 @@ async def test_close_stops_a_blocked_send_whose_turn_came(impl):
         await second
     assert broadcast.stats().sent == 2
     assert payloads(subscriber) == [1]
+
+
+async def test_senders_waiting_counts_every_blocked_send(impl):
+    broadcast = impl.BroadcastChannel(maxsize=1)
+    subscriber = broadcast.subscribe()
+    await broadcast.send(impl.ChannelMessage(0))
+    sends = [asyncio.ensure_future(broadcast.send(impl.ChannelMessage(n))) for n in (1, 2, 3)]
+    await settle()
+    assert broadcast.stats().senders_waiting == 3 and broadcast.full()
+    subscriber.receive_nowait()
+    await settle()
+    assert broadcast.stats().senders_waiting == 2
+    sends[2].cancel()
+    await settle()
+    assert broadcast.stats().senders_waiting == 1
+    subscriber.receive_nowait()
+    await settle()
+    assert broadcast.stats().senders_waiting == 0 and sends[1].done()
+    await asyncio.gather(*sends[:2])
+
+
+async def test_drop_oldest_keeps_a_backlog_within_maxsize_after_promises_come_back(impl):
+    broadcast = impl.BroadcastChannel(maxsize=1, on_full="drop_oldest")
+    subscriber = broadcast.subscribe()
+    receivers = [asyncio.ensure_future(subscriber.receive()) for _ in range(3)]
+    await settle()
+    for n in range(6):
+        broadcast.send_nowait(impl.ChannelMessage(n))  # three promised, the rest dropped to one
+    for receiver in receivers:
+        receiver.cancel()  # the promised messages are queued again
+    await asyncio.gather(*receivers, return_exceptions=True)
+    broadcast.send_nowait(impl.ChannelMessage(6))
+    assert subscriber.qsize() == 1
+    assert payloads(subscriber) == [6]
+    stats = subscriber.stats()
+    assert stats.sent == stats.received + stats.dropped

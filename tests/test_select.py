@@ -408,3 +408,32 @@ async def test_a_failing_channel_raises_and_a_promised_message_stays(impl):
     with pytest.raises(RuntimeError, match="backend"):
         await selecting
     assert (await asyncio.wait_for(mine.receive(), 1)).payload == "x"
+
+
+class SendOnlyChannel(QueueChannel):
+    """Another kind of channel whose receive() raises at once, not when awaited."""
+
+    def receive(self) -> Any:  # type: ignore[override]
+        raise NotImplementedError("send only")
+
+
+async def test_a_select_that_cannot_start_leaves_no_waiter_behind(impl):
+    mine, other, send_only = (
+        impl.InMemoryChannel("mine"),
+        QueueChannel(nowait=False),
+        SendOnlyChannel(),
+    )
+    with pytest.raises(NotImplementedError, match="send only"):
+        await impl.select(other, mine, send_only)
+    mine.send_nowait(impl.ChannelMessage("m"))
+    await other.send(impl.ChannelMessage("o"))
+    await settle()
+    assert (await asyncio.wait_for(mine.receive(), 1)).payload == "m"
+    assert other.queue.qsize() == 1  # no receive() task of that select took it
+
+
+async def test_select_checks_its_arguments_only_when_awaited(impl):
+    pending = [impl.select(), impl.select(impl.BroadcastChannel()), impl.select("x")]
+    for awaitable in pending:
+        with pytest.raises((ValueError, TypeError)):
+            await awaitable

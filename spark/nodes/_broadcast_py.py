@@ -280,7 +280,7 @@ class BroadcastChannel(BaseChannel[T]):
         self._sent += 1
         maxsize = self._maxsize
         for subscription in self._subscribers:
-            if maxsize and subscription._room_taken() >= maxsize:
+            while maxsize and subscription._room_taken() >= maxsize:
                 subscription._drop_oldest()  # only "drop_oldest" gets here
             subscription._buffer.append(message)
             subscription._unseen += 1
@@ -338,7 +338,7 @@ class BroadcastChannel(BaseChannel[T]):
             size=size,
             peak_size=max((s.stats().peak_size for s in subscribers), default=0),
             maxsize=self._maxsize,
-            senders_waiting=sum(not turn.done() for turn in self._blocked),
+            senders_waiting=len(self._blocked),
             receivers_waiting=sum(s.stats().receivers_waiting for s in subscribers),
             closed=self._closed,
             dropped=sum(s._dropped for s in subscribers),

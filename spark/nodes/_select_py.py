@@ -103,7 +103,9 @@ async def select(*channels: BaseChannel[Any]) -> tuple[BaseChannel[Any], Channel
       had; the others are untouched;
     * fair: when several are ready, the scan starts at a random channel, so
       each ready one is picked with a probability of at least 1/n;
-    * a select that is cancelled (or times out) has taken nothing;
+    * a select that is cancelled (or times out) has taken nothing (as with
+      ``receive``, except while it awaits an async receive observer: the
+      message is taken by then);
     * the channels' receive observers run, as for ``receive``;
     * once every channel is closed and drained, ``ChannelClosed`` is raised.
 
@@ -185,15 +187,10 @@ async def _wait(
     """Wait until a channel has a message: it, taken; None to scan again (a close woke us)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
-    tasks: dict[asyncio.Future[Any], int] = {}
-    for index, inner in enumerate(inners):
-        if inner is not None:
-            if not inner._closed:
-                inner._receivers.append(future)
-        elif index not in gone:
-            task = asyncio.ensure_future(channels[index].receive())
-            tasks[task] = index
-            task.add_done_callback(partial(_wake, future))
+    tasks = _start_receives(channels, inners, gone, future)
+    for inner in inners:
+        if inner is not None and not inner._closed:
+            inner._receivers.append(future)
     if merged is not None:
         merged._waiting.add(future)
     try:
@@ -220,6 +217,31 @@ async def _wait(
         message = promiser._take_promised()
         return channels[index], await _received(channels[index], promiser, message)
     return won
+
+
+def _start_receives(
+    channels: Sequence[BaseChannel[Any]],
+    inners: Sequence[InMemoryChannel[Any] | None],
+    gone: set[int],
+    future: asyncio.Future[Any],
+) -> dict[asyncio.Future[Any], int]:
+    """A receive() task for each open channel of another kind; each wakes ``future`` when done.
+
+    If one cannot be started (its receive raises at once), those started
+    are cancelled before they ran, having taken nothing, and the error is raised.
+    """
+    tasks: dict[asyncio.Future[Any], int] = {}
+    try:
+        for index, inner in enumerate(inners):
+            if inner is None and index not in gone:
+                task = asyncio.ensure_future(channels[index].receive())
+                tasks[task] = index
+                task.add_done_callback(partial(_wake, future))
+    except BaseException:
+        for started in tasks:
+            started.cancel()
+        raise
+    return tasks
 
 
 def _withdraw(
