@@ -58,6 +58,14 @@ def run_script(name: str) -> str:
             ],
         ),
         ("graceful_shutdown", ["status: completed; stored:", "status: budget_exhausted;"]),
+        (
+            "price_feed",
+            [
+                "trader: stopped on command after 2 trades",
+                "chart: saw 20 of 20 ticks, dropped 0",
+                "every subscription is closed and drained",
+            ],
+        ),
     ],
 )
 def test_example_runs_as_a_script(name: str, expected: list[str]) -> None:
@@ -194,3 +202,12 @@ def test_readme_python_block_runs_as_written(
     # ``print(...)  # what it prints``: the comment is the output the README promises.
     for promised in re.findall(r"^\s*print\(.*\)\s+# (.+)$", block, re.MULTILINE):
         assert promised in result.stdout
+
+
+async def test_price_feed_example(impl: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    example = load("price_feed")
+    for name in ("BroadcastChannel", "ChannelMessage", "InMemoryChannel", "merge", "select"):
+        monkeypatch.setattr(example, name, getattr(impl, name))
+    summary = await example.main()
+    assert summary["chart"] == 20 and summary["trades"] == 2
+    assert 4 <= summary["audit"] < 20  # the slow reader lost ticks to lag
