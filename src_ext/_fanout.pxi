@@ -14,6 +14,7 @@ cdef object _settle = _select_py._settle
 cdef object _hold = _select_py._hold
 cdef object _ensure_future = asyncio.ensure_future
 from collections import deque as _deque
+from dataclasses import replace as _replace
 
 
 # -- broadcast -------------------------------------------------------------
@@ -65,18 +66,8 @@ cdef class BroadcastSubscription(InMemoryChannel):
 
     def stats(self):
         """The subscription's counters; ``dropped`` counts messages lost to lag."""
-        stats = InMemoryChannel.stats(self)
-        return ChannelStats(
-            sent=stats.sent,
-            received=stats.received - self._dropped,
-            size=stats.size,
-            peak_size=stats.peak_size,
-            maxsize=stats.maxsize,
-            senders_waiting=stats.senders_waiting,
-            receivers_waiting=stats.receivers_waiting,
-            closed=stats.closed,
-            dropped=self._dropped,
-        )
+        stats = InMemoryChannel.stats(self)  # counts a dropped message as received: it left the buffer
+        return _replace(stats, received=stats.received - self._dropped, dropped=self._dropped)
 
     cdef int _drop_oldest(self) except -1:
         """Discard the oldest queued message (not one promised to a woken receiver)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, Literal, TypeVar
 
 from . import _channel_base as _base
@@ -94,18 +95,8 @@ class BroadcastSubscription(InMemoryChannel[T]):
 
     def stats(self) -> ChannelStats:
         """The subscription's counters; ``dropped`` counts messages lost to lag."""
-        stats = super().stats()
-        return ChannelStats(
-            sent=stats.sent,
-            received=stats.received - self._dropped,
-            size=stats.size,
-            peak_size=stats.peak_size,
-            maxsize=stats.maxsize,
-            senders_waiting=stats.senders_waiting,
-            receivers_waiting=stats.receivers_waiting,
-            closed=stats.closed,
-            dropped=self._dropped,
-        )
+        stats = super().stats()  # counts a dropped message as received: it left the buffer
+        return replace(stats, received=stats.received - self._dropped, dropped=self._dropped)
 
     def _drop_oldest(self) -> None:
         """Discard the oldest queued message (not one promised to a woken receiver)."""

@@ -32,7 +32,6 @@ from ._channel_base import (
     ChannelClosed,
     ChannelStats,
     ObserverCallable,
-    check_max_items,
     empty_or_unknown,
     is_patched,
 )
@@ -375,17 +374,6 @@ class MergedChannel(BaseChannel[T]):
         if closed == count:
             raise self._closed_error()
         raise asyncio.QueueEmpty
-
-    async def receive_many(self, max_items: int) -> list[ChannelMessage[T]]:
-        """Wait for one message, then take up to ``max_items`` that are ready, in turn."""
-        check_max_items(max_items)
-        batch = [await self.receive()]
-        while len(batch) < max_items:
-            try:
-                batch.append(self.receive_nowait())
-            except (asyncio.QueueEmpty, ChannelClosed):
-                break
-        return batch
 
     def _took(self, source: BaseChannel[T]) -> None:
         self._received += 1
