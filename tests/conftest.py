@@ -181,3 +181,21 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     arguments = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
     run_on_loop(pyfuncitem.callspec.params["loop_name"], function(**arguments), timeout)
     return True
+
+
+async def settle() -> None:
+    """Let every ready task run until it blocks again."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def drain_payloads(channel: Any) -> list[Any]:
+    """The payloads ``channel`` has ready now, taken with ``receive_nowait``, oldest first."""
+    from spark.nodes.channels import ChannelClosed
+
+    out = []
+    while True:
+        try:
+            out.append(channel.receive_nowait().payload)
+        except (asyncio.QueueEmpty, ChannelClosed):
+            return out

@@ -9,22 +9,9 @@ import random
 from typing import Any
 
 import pytest
+from conftest import drain_payloads, settle
 
 from spark.nodes.channels import BaseChannel, ChannelClosed
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
-
-
-def payloads(channel: Any) -> list[Any]:
-    out = []
-    while True:
-        try:
-            out.append(channel.receive_nowait().payload)
-        except (asyncio.QueueEmpty, ChannelClosed):
-            return out
 
 
 async def test_every_subscriber_gets_every_later_message_in_order(impl):
@@ -41,7 +28,7 @@ async def test_every_subscriber_gets_every_later_message_in_order(impl):
     assert [m.payload for m in await first.receive_many(10)] == [1, 2, 3, 4]
     assert (await second.receive()).payload == 2
     assert second.qsize() == 2 and not second.empty()
-    assert payloads(second) == [3, 4]
+    assert drain_payloads(second) == [3, 4]
     assert broadcast.stats().sent == 4
 
 
@@ -70,13 +57,13 @@ async def test_block_waits_for_the_slowest_subscriber(impl):
     assert broadcast.full()
     sending = asyncio.ensure_future(broadcast.send(impl.ChannelMessage(2)))
     await settle()
-    assert payloads(fast) == [0, 1]
+    assert drain_payloads(fast) == [0, 1]
     await settle()
     assert not sending.done()  # slow still has two waiting
     assert broadcast.stats().senders_waiting == 1
     assert (await slow.receive()).payload == 0
     await asyncio.wait_for(sending, 1)
-    assert payloads(fast) == [2] and payloads(slow) == [1, 2]
+    assert drain_payloads(fast) == [2] and drain_payloads(slow) == [1, 2]
 
 
 async def test_block_send_nowait_raises_queue_full_and_delivers_to_nobody(impl):
@@ -86,7 +73,7 @@ async def test_block_send_nowait_raises_queue_full_and_delivers_to_nobody(impl):
     fast.receive_nowait()
     with pytest.raises(asyncio.QueueFull):
         broadcast.send_nowait(impl.ChannelMessage(1))
-    assert fast.empty() and payloads(slow) == [0]
+    assert fast.empty() and drain_payloads(slow) == [0]
 
 
 async def test_a_cancelled_blocked_send_delivered_to_nobody(impl):
@@ -99,9 +86,9 @@ async def test_a_cancelled_blocked_send_delivered_to_nobody(impl):
     sending.cancel()
     with pytest.raises(asyncio.CancelledError):
         await sending
-    assert fast.empty() and payloads(slow) == [0]
+    assert fast.empty() and drain_payloads(slow) == [0]
     await broadcast.send(impl.ChannelMessage(2))
-    assert payloads(fast) == [2] and payloads(slow) == [2]
+    assert drain_payloads(fast) == [2] and drain_payloads(slow) == [2]
 
 
 async def test_blocked_senders_keep_their_order(impl):
@@ -129,7 +116,7 @@ async def test_drop_oldest_never_waits_and_counts_what_a_laggard_lost(impl):
         assert (await fast.receive()).payload == n
     broadcast.send_nowait(impl.ChannelMessage(5))
     assert not broadcast.full()
-    assert payloads(slow) == [4, 5]
+    assert drain_payloads(slow) == [4, 5]
     stats = slow.stats()
     assert stats.dropped == 4 and stats.received == 2 and stats.sent == 6
     assert fast.stats().dropped == 0 and broadcast.stats().dropped == 4
@@ -144,7 +131,7 @@ async def test_drop_oldest_spares_a_message_promised_to_a_woken_receiver(impl):
     broadcast.send_nowait(impl.ChannelMessage("dropped"))
     broadcast.send_nowait(impl.ChannelMessage("kept"))
     assert (await receiving).payload == "promised"
-    assert payloads(subscriber) == ["kept"]
+    assert drain_payloads(subscriber) == ["kept"]
     assert subscriber.stats().dropped == 1
 
 
@@ -179,10 +166,10 @@ async def test_closing_a_subscription_unsubscribes_it(impl):
     leaving.close()
     await asyncio.wait_for(blocked, 1)
     assert leaving.broadcast is None and broadcast.subscribers == (staying,)
-    assert payloads(leaving) == [0]
+    assert drain_payloads(leaving) == [0]
     with pytest.raises(ChannelClosed):
         leaving.receive_nowait()
-    assert payloads(staying) == [1]
+    assert drain_payloads(staying) == [1]
 
 
 async def test_observers_see_sends_here_and_receives_on_subscriptions(impl):
@@ -212,7 +199,7 @@ async def test_a_cancelled_receive_on_a_subscription_takes_nothing(impl):
     receiving.cancel()
     with pytest.raises(asyncio.CancelledError):
         await receiving
-    assert payloads(subscriber) == ["x"]
+    assert drain_payloads(subscriber) == ["x"]
 
 
 async def test_subscriptions_work_with_select(impl):
@@ -335,7 +322,7 @@ async def test_close_stops_a_blocked_send_whose_turn_came(impl):
     with pytest.raises(ChannelClosed):
         await second
     assert broadcast.stats().sent == 2
-    assert payloads(subscriber) == [1]
+    assert drain_payloads(subscriber) == [1]
 
 
 async def test_senders_waiting_counts_every_blocked_send(impl):
@@ -369,6 +356,6 @@ async def test_drop_oldest_keeps_a_backlog_within_maxsize_after_promises_come_ba
     await asyncio.gather(*receivers, return_exceptions=True)
     broadcast.send_nowait(impl.ChannelMessage(6))
     assert subscriber.qsize() == 1
-    assert payloads(subscriber) == [6]
+    assert drain_payloads(subscriber) == [6]
     stats = subscriber.stats()
     assert stats.sent == stats.received + stats.dropped

@@ -7,12 +7,7 @@ import gc
 import weakref
 
 import pytest
-
-
-async def settle() -> None:
-    """Let every ready task run until it blocks again."""
-    for _ in range(5):
-        await asyncio.sleep(0)
+from conftest import settle
 
 
 async def test_send_then_receive_in_order(impl):

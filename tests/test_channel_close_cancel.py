@@ -6,13 +6,9 @@ import asyncio
 import gc
 
 import pytest
+from conftest import settle
 
 from spark.nodes.channels import ChannelClosed
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 async def test_close_is_idempotent_and_refuses_sends(impl):

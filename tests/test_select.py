@@ -8,23 +8,10 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from conftest import drain_payloads, settle
 
 from spark.nodes import channels
 from spark.nodes.channels import BaseChannel, ChannelClosed
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
-
-
-def payloads(channel: Any) -> list[Any]:
-    out = []
-    while True:
-        try:
-            out.append(channel.receive_nowait().payload)
-        except (asyncio.QueueEmpty, ChannelClosed):
-            return out
 
 
 class QueueChannel(BaseChannel[Any]):
@@ -69,7 +56,7 @@ async def test_select_waits_then_takes_exactly_one_message(impl):
     a.send_nowait(impl.ChannelMessage("a1"))
     channel, message = await task
     assert (channel, message.payload) == (c, "c1")
-    assert payloads(a) == ["a1"] and payloads(c) == []
+    assert drain_payloads(a) == ["a1"] and drain_payloads(c) == []
     assert all(ch.stats().receivers_waiting == 0 for ch in (a, b, c))
 
 
@@ -94,7 +81,7 @@ async def test_cancelled_select_takes_nothing(impl):
         await task
     assert a.stats().receivers_waiting == 0 and b.stats().receivers_waiting == 0
     a.send_nowait(impl.ChannelMessage("kept"))
-    assert payloads(a) == ["kept"]
+    assert drain_payloads(a) == ["kept"]
 
 
 async def test_select_cancelled_after_a_promise_hands_the_message_on(impl):
@@ -117,7 +104,7 @@ async def test_timed_out_select_takes_nothing(impl):
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(impl.select(a, b), 0.01)
     b.send_nowait(impl.ChannelMessage(1))
-    assert payloads(b) == [1]
+    assert drain_payloads(b) == [1]
 
 
 async def test_select_raises_channel_closed_once_all_are_closed_and_drained(impl):
@@ -185,7 +172,7 @@ async def test_select_frees_room_for_a_blocked_sender(impl):
     assert not sender.done()
     await impl.select(a, b)
     await asyncio.wait_for(sender, 1)
-    assert payloads(a) == [2]
+    assert drain_payloads(a) == [2]
 
 
 async def test_select_rejects_bad_arguments(impl):
@@ -347,7 +334,7 @@ async def test_closing_a_merge_wakes_its_receivers_and_leaves_sources_open(impl)
     a.send_nowait(impl.ChannelMessage(1))
     with pytest.raises(ChannelClosed):
         merged.receive_nowait()
-    assert payloads(a) == [1]
+    assert drain_payloads(a) == [1]
 
 
 async def test_merge_is_receive_only_and_checks_its_sources(impl):
