@@ -17,9 +17,10 @@ same steps, in C. What differs is only how it is fast:
 cimport cython
 from cpython.dict cimport PyDict_Copy, PyDict_Update
 from cpython.object cimport PyObject, PyObject_GenericSetAttr, PyTypeObject
-from cpython.list cimport PyList_GET_ITEM, PyList_New
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.ref cimport Py_DECREF, Py_INCREF, _Py_REFCNT
+from cpython.pythread cimport PyThread_get_thread_ident
 
 import asyncio
 import copyreg as _copyreg
@@ -31,6 +32,14 @@ from types import GenericAlias
 from spark.nodes import _channel_base
 from spark.nodes import _copying
 from spark.nodes import _channels_py
+from spark.nodes._threads import (
+    SHARING as _SHARING,
+    ThreadWaiter as _ThreadWaiter,
+    check_timeout as _check_timeout,
+    refuse_in_loop as _refuse_in_loop,
+    wait_for_owner as _wait_for_owner,
+)
+from threading import RLock as _RLock
 from spark.nodes._channel_base import (
     BaseChannel,
     ChannelClosed,
@@ -91,10 +100,12 @@ cdef extern from "_am_send.h":
 cdef object _QueueFull = asyncio.QueueFull
 cdef object _QueueEmpty = asyncio.QueueEmpty
 cdef object _get_running_loop = asyncio.get_running_loop
+cdef object _get_running_loop_or_none = asyncio._get_running_loop
 cdef object _InvalidStateError = asyncio.InvalidStateError
 cdef object _Future = asyncio.Future
 cdef object _future_set_result = asyncio.Future.set_result
 cdef object _inspect_isawaitable = inspect.isawaitable
+cdef object _sleep = __import__("time").sleep
 cdef object _CoroutineType = types.CoroutineType
 cdef object _GeneratorType = types.GeneratorType
 
@@ -376,6 +387,10 @@ cdef class _Op:
     cdef int kind
     cdef int state
     cdef int woken
+    # The section of the channel's state this step is in (see _enter):
+    # 0 none, else what _enter returned, for sectioned.
+    cdef int section
+    cdef InMemoryChannel sectioned
 
     def __dealloc__(self):
         if self.state == ST_WAITING and self.channel is not None:
@@ -434,15 +449,19 @@ cdef class _Op:
 
     cdef object _resume(self, object value):
         cdef int state = self.state
-        if state == ST_INIT:
-            self.state = ST_RUNNING
-            if self.kind == OP_SEND:
-                return self._start_send()
-            if self.kind == OP_ROOM:
-                return self._start_room()
-            return self._start_receive()
-        if state == ST_WAITING:
-            return self._wake_up()
+        if state == ST_INIT or state == ST_WAITING:
+            _op_enter(self)  # left before the observers run, at the latest on return
+            try:
+                if state == ST_WAITING:
+                    return self._wake_up()
+                self.state = ST_RUNNING
+                if self.kind == OP_SEND:
+                    return self._start_send()
+                if self.kind == OP_ROOM:
+                    return self._start_room()
+                return self._start_receive()
+            finally:
+                _op_leave(self)
         if state == ST_DELEGATING:
             return self._step_delegate(value)
         raise RuntimeError("cannot reuse an already awaited channel operation")
@@ -593,6 +612,7 @@ cdef class _Op:
         loop = _get_running_loop()
         if loop is not channel._loop:
             channel._loop = loop
+            channel._loop_thread = PyThread_get_thread_ident()
             channel._create_future = loop.create_future
         future = channel._create_future()
         future._asyncio_future_blocking = True
@@ -632,21 +652,27 @@ cdef class _Op:
         """Leave the channel as if this blocked op had never started."""
         cdef InMemoryChannel channel = self.channel
         cdef bint sending = self.kind == OP_SEND or self.kind == OP_ROOM
-        if self.woken == WOKEN_PROMISED:
-            if sending:
-                channel._senders_woken -= 1
-                channel._wake_senders()
-            else:
-                channel._receivers_woken -= 1  # the message is queued again...
-                channel._note_size()
-                channel._wake_receivers()  # ...for the next blocked receiver
-        elif self.woken == WOKEN_NOT:
-            (channel._senders if sending else channel._receivers).remove(self)
+        cdef int how = _enter(channel)
+        try:
+            if self.woken == WOKEN_PROMISED:
+                if sending:
+                    channel._senders_woken -= 1
+                    channel._wake_senders()
+                else:
+                    channel._receivers_woken -= 1  # the message is queued again...
+                    channel._note_size()
+                    channel._wake_receivers()  # ...for the next blocked receiver
+            elif self.woken == WOKEN_NOT:
+                (channel._senders if sending else channel._receivers).remove(self)
+        finally:
+            _leave(channel, how)
         return 0
 
     cdef inline object _observe(self, object result):
         """Run the observers; the op's result when done, or _SUSPEND to await one."""
         cdef ForwardingChannel forwarder = self.forwarder
+        if self.section:
+            _op_leave(self)  # the state is done with: observers run outside the section
         if not self.channel._observers and (forwarder is None or not forwarder._observers):
             self.state = ST_DONE
             self.channel = None
@@ -661,6 +687,8 @@ cdef class _Op:
     cdef object _observe_one(self, object result):
         """The common case, kept lean: one message, the channel's observers."""
         cdef InMemoryChannel channel = self.channel
+        if self.section:
+            _op_leave(self)
         cdef bint sending = self.kind == OP_SEND
         cdef tuple observers = channel._observers
         message = self.message if sending else result
@@ -740,7 +768,11 @@ cdef inline int _op_first_step(_Op op, PyObject** result) except -1:
     NOT_DONE for the general path.
     """
     cdef int kind = op.kind
+    if op.channel._shared:
+        return NOT_DONE  # used by threads: the general path takes the lock
     if kind == OP_RECEIVE or kind == OP_ANEXT:
+        # Nothing below calls Python before the message is taken: no other
+        # thread runs in between (see spark/nodes/_threads.py).
         if op.channel._buffer.count <= op.channel._receivers_woken or op.channel._senders.count:
             return NOT_DONE
         op.channel._note_size()
@@ -761,7 +793,11 @@ cdef inline int _op_first_step(_Op op, PyObject** result) except -1:
         or op.channel._is_full()
     ):
         return NOT_DONE  # the send raises, or waits
-    op.channel._enqueue(op.message)
+    op.channel._busy += 1  # waking a receiver calls Python: an owner's section
+    try:
+        op.channel._enqueue(op.message)
+    finally:
+        op.channel._busy -= 1
     if op.channel._observers:
         op.state = ST_RUNNING
         return _op_answer(op, op._observe_one(None), result)
@@ -803,11 +839,25 @@ cdef bint _wake(_Op op, int reason) except -1:
     False, promising nothing, if its task was cancelled meanwhile (it will
     abandon the op), or if nobody but the queue held the op (it is dropped).
     """
-    if op.channel is not None and _dropped(<PyObject*>op, <PyObject*>op.channel._spare_op, 1):
+    cdef InMemoryChannel channel = op.channel
+    if channel is not None and _dropped(<PyObject*>op, <PyObject*>channel._spare_op, 1):
         op._release()
         return False
+    future = op.future
+    if (
+        channel is not None
+        and channel._shared
+        and PyThread_get_thread_ident() != channel._loop_thread
+        and type(future) is not _ThreadWaiter
+    ):
+        # A task's future, from another thread: the promise counts now, the
+        # loop resolves the future (see _deliver_wakes).
+        if future.done():  # cancelled: its task will abandon the op
+            return False
+        op.woken = reason
+        channel._wakes.append(future)
+        return True
     try:
-        future = op.future
         if type(future) is _Future:
             _future_set_result(future, None)  # no bound method built per wake-up
         else:
@@ -816,6 +866,68 @@ cdef bint _wake(_Op op, int reason) except -1:
         return False
     op.woken = reason
     return True
+
+
+# -- sections (see spark/nodes/_threads.py) -------------------------------
+
+cdef enum:
+    SECTION_COUNTED = 1  # the owner's, without the lock, counted in _busy
+    SECTION_LOCKED = 2
+
+
+cdef inline int _enter(InMemoryChannel channel) except -1:
+    """Begin a section on ``channel``'s state; what to hand to ``_leave``.
+
+    The owner's sections are counted and take no lock while the channel is
+    not shared; a section of another thread shares it first. Once shared,
+    sections hold the lock, except one nested in a counted section of the
+    owner (which goes on as it began).
+    """
+    if not channel._shared:
+        if PyThread_get_thread_ident() == channel._owner:
+            channel._busy += 1
+            return SECTION_COUNTED
+        channel._share()
+    elif channel._busy and PyThread_get_thread_ident() == channel._owner:
+        channel._busy += 1
+        return SECTION_COUNTED
+    channel._lock.acquire()
+    return SECTION_LOCKED
+
+
+cdef int _leave(InMemoryChannel channel, int how) except -1:
+    """End a section; ask the loop to resolve the wake-ups this thread recorded."""
+    if how == SECTION_COUNTED:
+        channel._busy -= 1
+        return 0
+    cdef bint post = PyList_GET_SIZE(channel._wakes) and not channel._posted
+    if post:
+        channel._posted = True
+    loop = channel._loop
+    channel._lock.release()
+    if post and loop is not None:
+        try:
+            loop.call_soon_threadsafe(channel._deliver_wakes)
+        except RuntimeError:  # the loop is closed: its tasks will never run again
+            pass
+    return 0
+
+
+cdef inline int _op_enter(_Op op) except -1:
+    if op.channel is not None:
+        op.section = _enter(op.channel)
+        op.sectioned = op.channel
+    return 0
+
+
+cdef inline int _op_leave(_Op op) except -1:
+    cdef int how = op.section
+    if how:
+        channel = op.sectioned
+        op.section = 0
+        op.sectioned = None
+        _leave(channel, how)
+    return 0
 
 
 cdef inline _Op _new_op(InMemoryChannel channel, int kind):
@@ -936,15 +1048,15 @@ async def _notify_async(tuple observers, Py_ssize_t start, channel, message, str
             report_observer_error(channel, phase, observer)
 
 
-cdef int _notify_nowait(tuple observers, object channel, object message, str phase) except -1:
-    """Call every observer; schedule the awaitables they return on the running loop."""
+cdef int _notify_nowait(tuple observers, object channel, object message, str phase, object loop=None) except -1:
+    """Call every observer; schedule the awaitables they return on the running loop (or ``loop``)."""
     cdef Py_ssize_t start = 0
     while True:
         hit = _call_observers(observers, start, channel, message, phase)
         if hit is None:
             return 0
         awaitable, observer, start = hit
-        schedule_observer_awaitable(channel, phase, observer, awaitable)
+        schedule_observer_awaitable(channel, phase, observer, awaitable, loop)
 
 
 # -- channels ---------------------------------------------------------------
@@ -1070,9 +1182,30 @@ cdef class InMemoryChannel(_ObservedChannel):
     # The last op handed out; reused when only this reference is left, which
     # means it finished (or was dropped unawaited): no allocation per await.
     cdef _Op _spare_op
-    # The loop of the last blocking op and its create_future, looked up once.
+    # The loop of the last blocking op, its thread and its create_future,
+    # looked up once.
     cdef object _loop
+    cdef unsigned long _loop_thread
     cdef object _create_future
+    # Threads (see spark/nodes/_threads.py): the owner, its sections under
+    # way, whether another thread has used the channel (then sections hold
+    # ``_lock``), and the futures of tasks woken by other threads, for the
+    # loop to resolve (``_posted`` once it was asked to).
+    cdef unsigned long _owner
+    cdef Py_ssize_t _busy
+    cdef bint _shared
+    cdef object _lock
+    cdef list _wakes
+    cdef bint _posted
+
+    def __cinit__(self, *args, **kwargs):
+        self._owner = PyThread_get_thread_ident()
+        self._wakes = []
+        loop = _get_running_loop_or_none()
+        if loop is not None:  # the loop whose tasks will wait here, most likely
+            self._loop = loop
+            self._loop_thread = self._owner
+            self._create_future = loop.create_future
 
     def __init__(self, name=None, maxsize=0, observers=None):
         self._name = check_name(name)
@@ -1082,6 +1215,143 @@ cdef class InMemoryChannel(_ObservedChannel):
         self._buffer = _Ring(min(self._maxsize, 65536))
         self._receivers = _Ring(0)
         self._senders = _Ring(0)
+
+    # -- threads --
+
+    cdef int _share(self) except -1:
+        """Let threads other than the owner use the channel (once; see _threads.py)."""
+        with _SHARING:
+            if self._lock is None:
+                lock = _RLock()
+                lock.acquire()  # sections that see _shared wait until the owner's are done
+                self._lock = lock
+                self._shared = True
+                try:
+                    while self._busy:
+                        _sleep(0)  # the owner's sections are short and never block
+                finally:
+                    lock.release()
+        return 0
+
+    def _deliver_wakes(self):
+        """On the loop: resolve the futures of tasks woken by other threads."""
+        cdef int how = _enter(self)
+        try:
+            wakes = self._wakes
+            self._wakes = []
+            self._posted = False
+            for future in wakes:
+                if not future.done():  # done: cancelled, its op abandoned; or a select's, won elsewhere
+                    future.set_result(None)
+        finally:
+            _leave(self, how)
+
+    cdef _Op _park_thread(self, _Ring waiters, int kind):
+        """A blocked thread's op, queued last in ``waiters`` (inside a section)."""
+        cdef _Op op = _Op.__new__(_Op)
+        op.channel = self
+        op.kind = kind
+        op.future = _ThreadWaiter()
+        op.woken = WOKEN_NOT
+        op.state = ST_WAITING
+        waiters.push(op)
+        return op
+
+    cdef int _end_thread_wait(self, _Op op, object timeout) except -1:
+        """A blocked thread's turn, inside a section: its promise taken, or TimeoutError/ChannelClosed."""
+        cdef int woken = op.woken
+        cdef bint sending = op.kind == OP_SEND
+        if woken == WOKEN_NOT:
+            (self._senders if sending else self._receivers).remove(op)
+        op._release()
+        if woken == WOKEN_NOT:
+            if sending:
+                raise TimeoutError(f"channel {self._name!r} stayed full for {timeout} s; the message was not sent")
+            raise TimeoutError(f"channel {self._name!r} stayed empty for {timeout} s; nothing was received")
+        if sending:
+            if woken == WOKEN_PROMISED:
+                self._senders_woken -= 1
+            if woken == WOKEN_CLOSED or self._closed:
+                raise self._closed_error()
+        else:
+            if woken == WOKEN_CLOSED:
+                raise self._closed_error()
+            self._receivers_woken -= 1  # the promised message is at the front
+        return 0
+
+    def blocking_send(self, message, timeout=None):
+        """Enqueue ``message`` from a thread that runs no event loop, blocking while full.
+
+        Raises ``ChannelClosed`` if the channel is closed before the message
+        is enqueued, and ``TimeoutError`` if no room came within ``timeout``
+        seconds (the message is then not enqueued). Raises ``RuntimeError``
+        at once if this thread runs an event loop: use ``await send()``.
+        """
+        cdef _Op op = None
+        cdef int how
+        _refuse_in_loop("blocking_send", "send")
+        deadline = _check_timeout(timeout)
+        if not _is_message(message):
+            raise not_a_message(message)
+        how = _enter(self)
+        try:
+            if self._closed:
+                raise self._closed_error()
+            if self._is_full():
+                op = self._park_thread(self._senders, OP_SEND)
+            else:
+                self._enqueue(message)
+        finally:
+            _leave(self, how)
+        if op is not None:
+            op.future.wait(deadline)
+            how = _enter(self)
+            try:
+                self._end_thread_wait(op, timeout)
+                self._enqueue(message)
+            finally:
+                _leave(self, how)
+        if self._observers:
+            _notify_nowait(self._observers, self, message, _SEND, self._loop)
+
+    def blocking_receive(self, timeout=None):
+        """Return the next message to a thread that runs no event loop, blocking while empty.
+
+        Raises ``ChannelClosed`` once the channel is closed and drained, and
+        ``TimeoutError`` if no message came within ``timeout`` seconds (none
+        was taken). Raises ``RuntimeError`` at once if this thread runs an
+        event loop: use ``await receive()``.
+        """
+        cdef _Op op = None
+        cdef int how
+        _refuse_in_loop("blocking_receive", "receive")
+        deadline = _check_timeout(timeout)
+        message = None
+        how = _enter(self)
+        try:
+            if self._buffer.count > self._receivers_woken:
+                message = self._dequeue()
+                if self._senders.count:
+                    self._wake_senders()
+            elif self._closed:
+                raise self._closed_error()
+            else:
+                op = self._park_thread(self._receivers, OP_RECEIVE)
+        finally:
+            _leave(self, how)
+        if op is not None:
+            op.future.wait(deadline)
+            how = _enter(self)
+            try:
+                self._end_thread_wait(op, timeout)
+                message = self._buffer.pop()
+                if self._senders.count:
+                    self._wake_senders()
+            finally:
+                _leave(self, how)
+        if self._observers:
+            _notify_nowait(self._observers, self, message, _RECEIVE, self._loop)
+        return message
 
     # -- internals (the pure build's steps) --
 
@@ -1144,25 +1414,33 @@ cdef class InMemoryChannel(_ObservedChannel):
     cdef int _send_nowait(self, object message) except -1:
         if not _is_message(message):
             raise not_a_message(message)
-        if self._closed:
-            raise self._closed_error()
-        if self._is_full():
-            raise _QueueFull
-        self._enqueue(message)
+        cdef int how = _enter(self)
+        try:
+            if self._closed:
+                raise self._closed_error()
+            if self._is_full():
+                raise _QueueFull
+            self._enqueue(message)
+        finally:
+            _leave(self, how)
         if self._observers:
-            _notify_nowait(self._observers, self, message, "send")
+            _notify_nowait(self._observers, self, message, _SEND, self._loop)
         return 0
 
     cdef object _receive_nowait(self):
-        if self._buffer.count <= self._receivers_woken:
-            if self._closed:
-                raise self._closed_error()
-            raise _QueueEmpty
-        message = self._dequeue()
-        if self._senders.count:
-            self._wake_senders()
+        cdef int how = _enter(self)
+        try:
+            if self._buffer.count <= self._receivers_woken:
+                if self._closed:
+                    raise self._closed_error()
+                raise _QueueEmpty
+            message = self._dequeue()
+            if self._senders.count:
+                self._wake_senders()
+        finally:
+            _leave(self, how)
         if self._observers:
-            _notify_nowait(self._observers, self, message, "receive")
+            _notify_nowait(self._observers, self, message, _RECEIVE, self._loop)
         return message
 
     # -- sending --
@@ -1228,14 +1506,18 @@ cdef class InMemoryChannel(_ObservedChannel):
         ``ChannelClosed`` (nothing is buffered for them). Buffered messages
         can still be received. Calling it again does nothing.
         """
-        if self._closed:
-            return
-        self._closed = True
         cdef list waiting = []
-        self._receivers.clear_to(waiting)
-        self._senders.clear_to(waiting)
-        for op in waiting:
-            _wake(<_Op>op, WOKEN_CLOSED)
+        cdef int how = _enter(self)
+        try:
+            if self._closed:
+                return
+            self._closed = True
+            self._receivers.clear_to(waiting)
+            self._senders.clear_to(waiting)
+            for op in waiting:
+                _wake(<_Op>op, WOKEN_CLOSED)
+        finally:
+            _leave(self, how)
 
     cdef _Op _room(self):
         """An awaitable that waits until a send would not wait, sending nothing."""
@@ -1269,10 +1551,14 @@ cdef class InMemoryChannel(_ObservedChannel):
     def _queued(self):
         """The queued messages, oldest first (not those promised to woken receivers)."""
         cdef _Ring buffer = self._buffer
-        return [
-            <object>PyList_GET_ITEM(buffer.items, (buffer.head + i) & buffer.mask)
-            for i in range(self._receivers_woken, buffer.count)
-        ]
+        cdef int how = _enter(self)
+        try:
+            return [
+                <object>PyList_GET_ITEM(buffer.items, (buffer.head + i) & buffer.mask)
+                for i in range(self._receivers_woken, buffer.count)
+            ]
+        finally:
+            _leave(self, how)
 
     def __getstate__(self):
         """What ``copy.deepcopy`` and ``pickle`` keep (see spark/nodes/_copying.py)."""
@@ -1287,16 +1573,20 @@ cdef class InMemoryChannel(_ObservedChannel):
 
     def stats(self):
         """A snapshot of the channel's counters."""
-        return ChannelStats(
-            sent=self._sent,
-            received=self._sent - self._buffer.count,
-            size=self._buffer.count - self._receivers_woken,
-            peak_size=max(self._peak_size, self._buffer.count - self._receivers_woken),
-            maxsize=self._maxsize,
-            senders_waiting=_count_pending(self, self._senders),
-            receivers_waiting=_count_pending(self, self._receivers),
-            closed=self._closed,
-        )
+        cdef int how = _enter(self)
+        try:
+            return ChannelStats(
+                sent=self._sent,
+                received=self._sent - self._buffer.count,
+                size=self._buffer.count - self._receivers_woken,
+                peak_size=max(self._peak_size, self._buffer.count - self._receivers_woken),
+                maxsize=self._maxsize,
+                senders_waiting=_count_pending(self, self._senders),
+                receivers_waiting=_count_pending(self, self._receivers),
+                closed=self._closed,
+            )
+        finally:
+            _leave(self, how)
 
 
 cdef Py_ssize_t _count_pending(InMemoryChannel channel, _Ring waiters):

@@ -51,6 +51,9 @@ cdef class BroadcastSubscription(InMemoryChannel):
     def send_nowait(self, message):
         raise NotImplementedError(self._receive_only())
 
+    def blocking_send(self, message, timeout=None):
+        raise NotImplementedError(self._receive_only())
+
     def _receive_only(self):
         return (
             f"subscription {self._name!r} is the receive side of a broadcast; "
@@ -243,11 +246,16 @@ cdef class BroadcastChannel(_ObservedChannel):
         """Append ``message`` to every subscription; nothing awaits in between."""
         cdef BroadcastSubscription subscription
         cdef Py_ssize_t maxsize = self._maxsize
+        cdef int how
         self._sent += 1
         for subscription in self._subscribers:
-            while maxsize and subscription._room_taken() >= maxsize:
-                subscription._drop_oldest()  # only "drop_oldest" gets here
-            subscription._enqueue(message)
+            how = _enter(subscription)  # threads may be receiving from it
+            try:
+                while maxsize and subscription._room_taken() >= maxsize:
+                    subscription._drop_oldest()  # only "drop_oldest" gets here
+                subscription._enqueue(message)
+            finally:
+                _leave(subscription, how)
         return 0
 
     # -- the receive side is the subscriptions --
@@ -416,10 +424,8 @@ async def _select_from(channels, Py_ssize_t start, merged):
             channel = channels[index]
             inner = <InMemoryChannel>inners[index]
             if inner is not None:
-                if inner._buffer.count > inner._receivers_woken:
-                    message = inner._dequeue()
-                    if inner._senders.count:
-                        inner._wake_senders()
+                message = _take_queued(inner)
+                if message is not None:
                     if inner._observers or (channel is not inner and (<_ObservedChannel>channel)._observers):
                         await _observe_taken(channel, inner, message)
                     return channel, message
@@ -448,6 +454,20 @@ async def _select_from(channels, Py_ssize_t start, merged):
             return won
 
 
+cdef object _take_queued(InMemoryChannel inner):
+    """The oldest queued message of ``inner``, taken; None if none is queued."""
+    cdef int how = _enter(inner)
+    try:
+        if inner._buffer.count <= inner._receivers_woken:
+            return None
+        message = inner._dequeue()
+        if inner._senders.count:
+            inner._wake_senders()
+        return message
+    finally:
+        _leave(inner, how)
+
+
 async def _observe_taken(channel, InMemoryChannel inner, message):
     """The receive observers of ``inner``, then of ``channel`` (a forwarder into it)."""
     if inner._observers:
@@ -468,19 +488,30 @@ async def _wait_for_any(channels, list inners, set gone, merged):
     cdef _Op op
     cdef _Op promised = None
     cdef list ops = []
+    cdef int how
     future = _get_running_loop().create_future()
     tasks = _start_receives(channels, inners, gone, future)
     for index in range(count):
         inner = <InMemoryChannel>inners[index]
-        if inner is not None and not inner._closed:
-            op = _Op.__new__(_Op)
-            op.channel = inner
-            op.kind = OP_RECEIVE
-            op.future = future
-            op.woken = WOKEN_NOT
-            op.state = ST_WAITING
-            inner._receivers.push(op)
-            ops.append(op)
+        if inner is None:
+            continue
+        how = _enter(inner)
+        try:
+            if not inner._closed:
+                op = _Op.__new__(_Op)
+                op.channel = inner
+                op.kind = OP_RECEIVE
+                op.future = future
+                op.woken = WOKEN_NOT
+                op.state = ST_WAITING
+                if inner._loop is not future.get_loop():  # tasks of this loop wait here
+                    inner._loop = future.get_loop()
+                    inner._loop_thread = PyThread_get_thread_ident()
+                    inner._create_future = inner._loop.create_future
+                inner._receivers.push(op)
+                ops.append(op)
+        finally:
+            _leave(inner, how)
     if merged is not None:
         merged._waiting.add(future)
     try:
@@ -499,9 +530,9 @@ async def _wait_for_any(channels, list inners, set gone, merged):
     if merged is not None:
         merged._waiting.discard(future)
     for op in ops:
-        if op.woken == WOKEN_PROMISED:
+        if op.woken == WOKEN_PROMISED and promised is None:
             promised = op
-        else:
+        else:  # (another thread's promise may come after the future was resolved)
             op._abandon()  # still queued somewhere: withdraw it
             op._release()
     try:
@@ -518,10 +549,14 @@ async def _wait_for_any(channels, list inners, set gone, merged):
     inner = promised.channel
     promised._release()
     index = inners.index(inner)
-    inner._receivers_woken -= 1  # the promised message is at the front
-    message = inner._buffer.pop()
-    if inner._senders.count:
-        inner._wake_senders()
+    how = _enter(inner)
+    try:
+        inner._receivers_woken -= 1  # the promised message is at the front
+        message = inner._buffer.pop()
+        if inner._senders.count:
+            inner._wake_senders()
+    finally:
+        _leave(inner, how)
     channel = channels[index]
     if inner._observers or (channel is not inner and (<_ObservedChannel>channel)._observers):
         await _observe_taken(channel, inner, message)

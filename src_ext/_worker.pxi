@@ -129,9 +129,14 @@ cdef bint _deliver_now(object channel, object payload, str source, object trace_
         target = <InMemoryChannel>channel
     else:
         return False
-    if target._observers or target._closed or target._patched or target._is_full():
-        return False
-    target._enqueue(_envelope(payload, _tracing(defaults, source, trace_id, timestamp)))
+    if target._observers or target._closed or target._patched or target._shared or target._is_full():
+        return False  # (shared: used by threads, the general path takes the lock)
+    message = _envelope(payload, _tracing(defaults, source, trace_id, timestamp))
+    cdef int how = _enter(target)
+    try:
+        target._enqueue(message)
+    finally:
+        _leave(target, how)
     return True
 
 
@@ -152,11 +157,18 @@ async def run_worker(node, WorkerState state, InMemoryChannel mailbox, shutdowns
     cdef object on_output = None
     cdef tuple channels
     cdef Py_ssize_t i
+    cdef int how
     while not state.stop_requested:
-        if mailbox._buffer.count > mailbox._receivers_woken and not (mailbox._observers or mailbox._patched):
-            message = mailbox._dequeue()
+        if mailbox._buffer.count > mailbox._receivers_woken and not (
+            mailbox._observers or mailbox._patched or mailbox._shared
+        ):
+            message = mailbox._dequeue()  # no Python runs in between: no other thread either
             if mailbox._senders.count:
-                mailbox._wake_senders()
+                how = _enter(mailbox)
+                try:
+                    mailbox._wake_senders()
+                finally:
+                    _leave(mailbox, how)
         else:
             message = payload = result = None  # hold nothing of the last message while waiting
             if PyList_GET_SIZE(unsettled_acks):  # acks under way: settled before waiting

@@ -80,6 +80,9 @@ class BroadcastSubscription(InMemoryChannel[T]):
     def send_nowait(self, message: ChannelMessage[T]) -> None:
         raise NotImplementedError(self._receive_only())
 
+    def blocking_send(self, message: ChannelMessage[T], timeout: float | None = None) -> None:
+        raise NotImplementedError(self._receive_only())
+
     def _receive_only(self) -> str:
         return (
             f"subscription {self._name!r} is the receive side of a broadcast; "
@@ -271,12 +274,13 @@ class BroadcastChannel(BaseChannel[T]):
         self._sent += 1
         maxsize = self._maxsize
         for subscription in self._subscribers:
-            while maxsize and subscription._room_taken() >= maxsize:
-                subscription._drop_oldest()  # only "drop_oldest" gets here
-            subscription._buffer.append(message)
-            subscription._unseen += 1
-            if subscription._receivers:
-                subscription._wake_receivers()
+            locked = subscription._enter()  # threads may be receiving from it
+            try:
+                while maxsize and subscription._room_taken() >= maxsize:
+                    subscription._drop_oldest()  # only "drop_oldest" gets here
+                subscription._enqueue(message)
+            finally:
+                subscription._leave(locked)
 
     # -- the receive side is the subscriptions ---------------------------
 

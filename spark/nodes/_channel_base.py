@@ -126,12 +126,28 @@ _background: set[asyncio.Future[Any]] = set()
 
 
 def schedule_observer_awaitable(
-    channel: BaseChannel[Any], phase: str, observer: object, awaitable: Awaitable[Any]
+    channel: BaseChannel[Any],
+    phase: str,
+    observer: object,
+    awaitable: Awaitable[Any],
+    channel_loop: asyncio.AbstractEventLoop | None = None,
 ) -> None:
-    """Run an observer's awaitable on the running loop without waiting for it."""
+    """Run an observer's awaitable without waiting for it.
+
+    It runs on the running loop; from a thread that runs none, on
+    ``channel_loop`` (the channel's, when known and not closed).
+    """
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
+        if channel_loop is not None and not channel_loop.is_closed():
+            try:
+                channel_loop.call_soon_threadsafe(
+                    schedule_observer_awaitable, channel, phase, observer, awaitable
+                )
+                return
+            except RuntimeError:  # closed meanwhile
+                pass
         close = getattr(awaitable, "close", None)
         if close is not None:
             close()
@@ -417,8 +433,16 @@ class BaseChannel(ABC, Generic[T]):
             except Exception:
                 report_observer_error(self, phase, observer)
 
-    def _notify_observers_nowait(self, message: ChannelMessage[T], phase: str) -> None:
-        """Call every observer in order, scheduling what it returns on the running loop."""
+    def _notify_observers_nowait(
+        self,
+        message: ChannelMessage[T],
+        phase: str,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """Call every observer in order; what one returns is scheduled on the running loop.
+
+        From a thread that runs no loop, it is scheduled on ``loop``.
+        """
         for observer in self._observers:
             try:
                 result = observer(message, self, phase)
@@ -426,7 +450,7 @@ class BaseChannel(ABC, Generic[T]):
                 report_observer_error(self, phase, observer)
                 continue
             if result is not None and inspect.isawaitable(result):
-                schedule_observer_awaitable(self, phase, observer, result)
+                schedule_observer_awaitable(self, phase, observer, result, loop)
 
     def __aiter__(self) -> AsyncIterator[ChannelMessage[T]]:
         return self

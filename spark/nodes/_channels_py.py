@@ -21,7 +21,8 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from threading import RLock, get_ident
+from typing import Any, Generic, TypeVar, Union
 
 from . import _channel_base as _base
 from . import _copying
@@ -38,12 +39,16 @@ from ._channel_base import (
     not_a_message,
     register_message_type,
 )
+from ._threads import SHARING, ThreadWaiter, check_timeout, refuse_in_loop, wait_for_owner
 
 __all__ = ["ChannelMessage", "ForwardingChannel", "InMemoryChannel"]
 
 _new_message = object.__new__
 
 T = TypeVar("T")
+
+Waiter = Union["asyncio.Future[Any]", ThreadWaiter]
+"""What a blocked sender or receiver waits on: a task's loop future, or a thread's waiter."""
 
 
 class _Missing:
@@ -151,19 +156,32 @@ class InMemoryChannel(BaseChannel[T]):
     * Observers run after each enqueue (``"send"``) and each dequeue
       (``"receive"``), in registration order; their errors are logged on the
       ``spark.channels`` logger and never reach the caller.
+    * Other threads may call ``blocking_send``, ``blocking_receive``,
+      ``send_nowait``, ``receive_nowait`` and ``close``: all of the above
+      holds across threads (order per sending thread), a thread blocked
+      in ``blocking_*`` is served in turn with blocked tasks, and ``close()``
+      wakes it too.
     """
 
     __slots__ = (
         "_buffer",
+        "_busy",
         "_guarded",
+        "_lock",
+        "_loop",
+        "_loop_thread",
         "_maxsize",
+        "_owner",
         "_peak_size",
+        "_posted",
         "_receivers",
         "_receivers_woken",
         "_senders",
         "_senders_woken",
         "_sent",
+        "_shared",
         "_unseen",
+        "_wakes",
     )
 
     def __init__(
@@ -174,16 +192,17 @@ class InMemoryChannel(BaseChannel[T]):
     ) -> None:
         super().__init__(name, observers)
         self._maxsize = check_maxsize(maxsize)
-        # Whether a send must check for room or for close: one test on the
-        # path of an open unbounded channel.
+        # Whether a send must take the general path: the channel is bounded,
+        # closed or shared. One test on the path of an open unbounded channel.
         self._guarded = bool(self._maxsize)
         self._buffer: deque[ChannelMessage[T]] = deque()
-        # Futures of blocked tasks, oldest first. A receiver's future gets the
-        # channel that promised it a message, or None when woken by close()
-        # (``select`` shares one future among several channels' queues). A
-        # sender's gets True when promised a free slot, False when woken by close().
-        self._receivers: deque[asyncio.Future[InMemoryChannel[T] | None]] = deque()
-        self._senders: deque[asyncio.Future[bool]] = deque()
+        # Waiters of blocked tasks (loop futures) and threads (ThreadWaiter),
+        # oldest first. A receiver's gets the channel that promised it a
+        # message, or None when woken by close() (``select`` shares one future
+        # among several channels' queues). A sender's gets True when promised
+        # a free slot, False when woken by close().
+        self._receivers: deque[Waiter] = deque()
+        self._senders: deque[Waiter] = deque()
         # Messages at the front of the buffer promised to woken receivers
         # that have not run yet; they take no room and are not counted in
         # qsize(). Buffered messages minus these are the queued ones.
@@ -199,6 +218,102 @@ class InMemoryChannel(BaseChannel[T]):
         self._sent = 0
         self._unseen = 0
         self._peak_size = 0
+        # Threads (see spark/nodes/_threads.py): the owner's sections under
+        # way, whether another thread has used the channel (then every
+        # section holds ``_lock``), the loop whose tasks wait here and its
+        # thread, and the wake-ups of those tasks recorded by other threads
+        # (``_posted`` once the loop was asked to deliver them).
+        self._owner = get_ident()
+        self._busy = 0
+        self._shared = False
+        self._lock: RLock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = asyncio._get_running_loop()
+        self._loop_thread: int | None = None if self._loop is None else self._owner
+        self._wakes: list[tuple[Waiter, Any, bool]] = []
+        self._posted = False
+
+    # -- sections (see spark/nodes/_threads.py) ---------------------------
+
+    def _enter(self) -> bool:
+        """Begin a section on the channel's state; True if it took the lock."""
+        if not self._shared:
+            self._busy += 1
+            if not self._shared:
+                return False
+            self._busy -= 1
+        self._lock.acquire()  # type: ignore[union-attr]
+        return True
+
+    def _leave(self, locked: bool) -> None:
+        """End a section begun by ``_enter``; ask the loop for recorded wake-ups."""
+        if not locked:
+            self._busy -= 1
+            return
+        post = bool(self._wakes) and not self._posted
+        if post:
+            self._posted = True
+        loop = self._loop
+        self._lock.release()  # type: ignore[union-attr]
+        if post and loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._deliver_wakes)
+            except RuntimeError:  # the loop is closed: its tasks will never run again
+                pass
+
+    def _share(self) -> None:
+        """Let threads other than the owner use the channel (once; see _threads.py)."""
+        with SHARING:
+            if self._lock is None:
+                self._lock = RLock()
+                self._shared = self._guarded = True
+                wait_for_owner(self)
+
+    def _resolve(self, waiter: Waiter, value: Any, receiving: bool) -> None:
+        """Wake ``waiter`` with ``value``, or record it for the loop if it is a task's future."""
+        if type(waiter) is ThreadWaiter or not self._shared or get_ident() == self._loop_thread:
+            waiter.set_result(value)
+        else:
+            self._wakes.append((waiter, value, receiving))
+
+    def _deliver_wakes(self) -> None:
+        """On the loop: resolve the wake-ups recorded by other threads."""
+        locked = self._enter()
+        try:
+            wakes, self._wakes = self._wakes, []
+            self._posted = False
+            for future, value, receiving in wakes:
+                if not future.done():  # (a select's future may have been woken by another channel)
+                    future.set_result(value)
+                elif receiving and value is not None:  # its task left: the next one's turn
+                    self._give_back_promise()
+                elif not receiving and value:
+                    self._senders_woken -= 1
+                    self._wake_senders()
+        finally:
+            self._leave(locked)
+
+    def _park(self, waiters: deque[Waiter]) -> asyncio.Future[Any]:
+        """Queue a new future of the running loop as the last waiter (inside a section)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop = loop
+            self._loop_thread = get_ident()
+        future = loop.create_future()
+        waiters.append(future)
+        return future
+
+    def _park_waiter(self, future: asyncio.Future[Any]) -> None:
+        """Queue ``future``, of the running loop, as the last receiver (inside a section)."""
+        loop = future.get_loop()
+        if loop is not self._loop:
+            self._loop = loop
+            self._loop_thread = get_ident()
+        self._receivers.append(future)
+
+    def _check_owner(self) -> None:
+        """Share the channel if this thread is not its owner (before a section)."""
+        if not self._shared and get_ident() != self._owner:
+            self._share()
 
     # -- sending ---------------------------------------------------------
 
@@ -210,55 +325,162 @@ class InMemoryChannel(BaseChannel[T]):
         """
         if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
             raise not_a_message(message)
-        if self._guarded:
+        self._busy += 1
+        if self._guarded:  # bounded, closed or shared
+            self._busy -= 1
+            await self._send_guarded(message)
+            return
+        try:
+            self._buffer.append(message)
+            self._unseen += 1
+            if self._receivers:
+                self._wake_receivers()
+        finally:
+            self._busy -= 1
+        if self._observers:
+            await self._notify_observers(message, "send")
+
+    async def _send_guarded(self, message: ChannelMessage[T]) -> None:
+        self._check_owner()
+        locked = self._enter()
+        try:
             if self._closed:
                 raise self._closed_error()
-            if self._room_taken() >= self._maxsize:
-                await self._wait_for_room()
-        self._buffer.append(message)
-        self._unseen += 1
-        if self._receivers:
-            self._wake_receivers()
+            future = self._park(self._senders) if self._no_room() else None
+            if future is None:
+                self._enqueue(message)
+        finally:
+            self._leave(locked)
+        if future is not None:
+            await self._wait_for_room(future, message)
         if self._observers:
             await self._notify_observers(message, "send")
 
     def send_nowait(self, message: ChannelMessage[T]) -> None:
         """Enqueue ``message`` now, or raise ``asyncio.QueueFull``.
 
-        Works from synchronous code; an awaitable returned by an observer is
-        scheduled on the running loop (see the README).
+        Works from synchronous code and from any thread; an awaitable
+        returned by an observer is scheduled on the channel's loop (see the
+        README).
         """
         if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
             raise not_a_message(message)
-        buffer = self._buffer
-        if self._guarded:
+        if get_ident() != self._owner:
+            self._check_owner()
+        self._busy += 1
+        if self._guarded:  # bounded, closed or shared
+            self._busy -= 1
+            locked = self._enter()
+            try:
+                if self._closed:
+                    raise self._closed_error()
+                if self._no_room():
+                    raise asyncio.QueueFull
+                self._enqueue(message)
+            finally:
+                self._leave(locked)
+        else:
+            try:
+                self._buffer.append(message)
+                self._unseen += 1
+                if self._receivers:
+                    self._wake_receivers()
+            finally:
+                self._busy -= 1
+        if self._observers:
+            self._notify_observers_nowait(message, "send", self._loop)
+
+    def blocking_send(self, message: ChannelMessage[T], timeout: float | None = None) -> None:
+        """Enqueue ``message`` from a thread that runs no event loop, blocking while full.
+
+        Raises ``ChannelClosed`` if the channel is closed before the message
+        is enqueued, and ``TimeoutError`` if no room came within ``timeout``
+        seconds (the message is then not enqueued). Raises ``RuntimeError``
+        at once if this thread runs an event loop: use ``await send()``.
+        """
+        refuse_in_loop("blocking_send", "send")
+        deadline = check_timeout(timeout)
+        if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
+            raise not_a_message(message)
+        self._check_owner()
+        locked = self._enter()
+        try:
             if self._closed:
                 raise self._closed_error()
-            if len(buffer) - self._receivers_woken + self._senders_woken >= self._maxsize:
-                raise asyncio.QueueFull  # no room (``_room_taken()``, inline on this path)
-        buffer.append(message)
-        self._unseen += 1
-        if self._receivers:
-            self._wake_receivers()
+            waiter = ThreadWaiter() if self._no_room() else None
+            if waiter is None:
+                self._enqueue(message)
+            else:
+                self._senders.append(waiter)
+        finally:
+            self._leave(locked)
+        if waiter is not None:
+            waiter.wait(deadline)
+            locked = self._enter()
+            try:
+                if not waiter.done():
+                    _discard(self._senders, waiter)
+                    raise TimeoutError(
+                        f"channel {self._name!r} stayed full for {timeout} s; "
+                        "the message was not sent"
+                    )
+                self._take_room(waiter.result(), message)
+            finally:
+                self._leave(locked)
         if self._observers:
-            self._notify_observers_nowait(message, "send")
+            self._notify_observers_nowait(message, "send", self._loop)
 
-    async def _wait_for_room(self) -> None:
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._senders.append(future)
+    async def _wait_for_room(
+        self, future: asyncio.Future[Any] | None = None, message: ChannelMessage[T] | None = None
+    ) -> None:
+        """Wait for a free slot promised to ``future`` (parked if None), then enqueue ``message``.
+
+        Without a message the slot is released for the caller to fill at
+        once, in the same step (a broadcast's send).
+        """
+        if future is None:
+            self._check_owner()
+            locked = self._enter()
+            try:
+                future = self._park(self._senders)
+            finally:
+                self._leave(locked)
         try:
             promised = await future
         except BaseException:
-            if future.done() and not future.cancelled() and future.result():
-                self._senders_woken -= 1
-                self._wake_senders()
-            else:
-                _discard(self._senders, future)
+            locked = self._enter()
+            try:
+                if future.done() and not future.cancelled() and future.result():
+                    self._senders_woken -= 1
+                    self._wake_senders()
+                else:
+                    _discard(self._senders, future)
+            finally:
+                self._leave(locked)
             raise
+        locked = self._enter()
+        try:
+            self._take_room(promised, message)
+        finally:
+            self._leave(locked)
+
+    def _take_room(self, promised: bool, message: ChannelMessage[T] | None) -> None:
+        """A woken sender's turn (inside a section): enqueue, or raise ChannelClosed."""
         if promised:
             self._senders_woken -= 1
         if not promised or self._closed:
             raise self._closed_error()
+        if message is not None:
+            self._enqueue(message)
+
+    def _enqueue(self, message: ChannelMessage[T]) -> None:
+        self._buffer.append(message)
+        self._unseen += 1
+        if self._receivers:
+            self._wake_receivers()
+
+    def _no_room(self) -> bool:
+        return bool(self._maxsize) and self._room_taken() >= self._maxsize
 
     def _wake_senders(self) -> None:
         """Promise each free slot to the oldest blocked sender."""
@@ -266,7 +488,7 @@ class InMemoryChannel(BaseChannel[T]):
         while senders and self._room_taken() < self._maxsize:
             future = senders.popleft()
             if not future.done():
-                future.set_result(True)
+                self._resolve(future, True, False)
                 self._senders_woken += 1
 
     def _room_taken(self) -> int:
@@ -281,18 +503,23 @@ class InMemoryChannel(BaseChannel[T]):
         Raises ``ChannelClosed`` once the channel is closed and drained. If
         cancelled, no message was taken.
         """
+        self._busy += 1
         buffer = self._buffer
-        if buffer and not self._receivers_woken:
-            if self._unseen:  # the first receive after sends: the size may be a new peak
-                self._sent += self._unseen
-                self._unseen = 0
-                if len(buffer) > self._peak_size:
-                    self._peak_size = len(buffer)
-            message = buffer.popleft()
+        if buffer and not self._receivers_woken and not self._shared:
+            try:
+                if self._unseen:  # the first receive after sends: the size may be a new peak
+                    self._sent += self._unseen
+                    self._unseen = 0
+                    if len(buffer) > self._peak_size:
+                        self._peak_size = len(buffer)
+                message = buffer.popleft()
+                if self._senders:
+                    self._wake_senders()
+            finally:
+                self._busy -= 1
         else:
-            message = await self._wait_for_message()
-        if self._senders:
-            self._wake_senders()
+            self._busy -= 1
+            message = (await self._receive_batch(1))[0]
         if self._observers:
             await self._notify_observers(message, "receive")
         return message
@@ -300,32 +527,125 @@ class InMemoryChannel(BaseChannel[T]):
     def receive_nowait(self) -> ChannelMessage[T]:
         """Return the next message now, or raise ``asyncio.QueueEmpty``.
 
-        Raises ``ChannelClosed`` instead once the channel is closed and drained.
+        Raises ``ChannelClosed`` instead once the channel is closed and
+        drained. Works from any thread.
         """
-        buffer = self._buffer
-        if buffer and not self._receivers_woken:  # the common case, as in receive()
-            if self._unseen:
-                self._sent += self._unseen
-                self._unseen = 0
-                if len(buffer) > self._peak_size:
-                    self._peak_size = len(buffer)
-            message = buffer.popleft()
-        elif len(buffer) > self._receivers_woken:
-            message = self._take_queued()
-        elif self._closed:
-            raise self._closed_error()
-        else:
-            raise asyncio.QueueEmpty
-        if self._senders:
-            self._wake_senders()
+        if get_ident() != self._owner:
+            self._check_owner()
+        locked = self._enter()
+        try:
+            buffer = self._buffer
+            if buffer and not self._receivers_woken:  # the common case, as in receive()
+                if self._unseen:
+                    self._sent += self._unseen
+                    self._unseen = 0
+                    if len(buffer) > self._peak_size:
+                        self._peak_size = len(buffer)
+                message = buffer.popleft()
+            elif len(buffer) > self._receivers_woken:
+                message = self._take_queued()
+            elif self._closed:
+                raise self._closed_error()
+            else:
+                raise asyncio.QueueEmpty
+            if self._senders:
+                self._wake_senders()
+        finally:
+            self._leave(locked)
         if self._observers:
-            self._notify_observers_nowait(message, "receive")
+            self._notify_observers_nowait(message, "receive", self._loop)
+        return message
+
+    def blocking_receive(self, timeout: float | None = None) -> ChannelMessage[T]:
+        """Return the next message to a thread that runs no event loop, blocking while empty.
+
+        Raises ``ChannelClosed`` once the channel is closed and drained, and
+        ``TimeoutError`` if no message came within ``timeout`` seconds (none
+        was taken). Raises ``RuntimeError`` at once if this thread runs an
+        event loop: use ``await receive()``.
+        """
+        refuse_in_loop("blocking_receive", "receive")
+        deadline = check_timeout(timeout)
+        self._check_owner()
+        locked = self._enter()
+        try:
+            if len(self._buffer) > self._receivers_woken:
+                message: ChannelMessage[T] | None = self._take_queued()
+                if self._senders:
+                    self._wake_senders()
+                waiter = None
+            elif self._closed:
+                raise self._closed_error()
+            else:
+                message, waiter = None, ThreadWaiter()
+                self._receivers.append(waiter)
+        finally:
+            self._leave(locked)
+        if waiter is not None:
+            waiter.wait(deadline)
+            locked = self._enter()
+            try:
+                if not waiter.done():
+                    _discard(self._receivers, waiter)
+                    raise TimeoutError(
+                        f"channel {self._name!r} stayed empty for {timeout} s; nothing was received"
+                    )
+                if waiter.result() is None:
+                    raise self._closed_error()
+                message = self._take_promised()
+                if self._senders:
+                    self._wake_senders()
+            finally:
+                self._leave(locked)
+        assert message is not None
+        if self._observers:
+            self._notify_observers_nowait(message, "receive", self._loop)
         return message
 
     async def receive_many(self, max_items: int) -> list[ChannelMessage[T]]:
         """Wait for at least one message, then return up to ``max_items``, in order."""
         check_max_items(max_items)
-        batch = [await self._wait_for_message()]
+        batch = await self._receive_batch(max_items)
+        if self._observers:
+            for message in batch:
+                await self._notify_observers(message, "receive")
+        return batch
+
+    async def _receive_batch(self, max_items: int) -> list[ChannelMessage[T]]:
+        """Wait for a message, take up to ``max_items``, wake senders for the room freed."""
+        self._check_owner()
+        locked = self._enter()
+        try:
+            if len(self._buffer) > self._receivers_woken:
+                return self._take_batch(self._take_queued(), max_items)
+            if self._closed:
+                raise self._closed_error()
+            future = self._park(self._receivers)
+        finally:
+            self._leave(locked)
+        try:
+            promiser = await future
+        except BaseException:
+            locked = self._enter()
+            try:
+                if future.done() and not future.cancelled() and future.result() is not None:
+                    self._give_back_promise()
+                else:
+                    _discard(self._receivers, future)
+            finally:
+                self._leave(locked)
+            raise
+        if promiser is None:
+            raise self._closed_error()
+        locked = self._enter()
+        try:
+            return self._take_batch(self._take_promised(), max_items)
+        finally:
+            self._leave(locked)
+
+    def _take_batch(self, first: ChannelMessage[T], max_items: int) -> list[ChannelMessage[T]]:
+        """``first`` and up to ``max_items - 1`` queued messages (inside a section)."""
+        batch = [first]
         more = min(max_items - 1, len(self._buffer) - self._receivers_woken)
         if more > 0:
             self._note_size()
@@ -334,43 +654,30 @@ class InMemoryChannel(BaseChannel[T]):
                 batch.append(buffer.popleft())
         if self._senders:
             self._wake_senders()
-        if self._observers:
-            for message in batch:
-                await self._notify_observers(message, "receive")
         return batch
 
     async def _wait_for_message(self) -> ChannelMessage[T]:
         """Take the oldest message, waiting for a promise of one if none is queued."""
-        if len(self._buffer) > self._receivers_woken:
-            return self._take_queued()  # promised ones are ahead, but one is free
-        if self._closed:
-            raise self._closed_error()
-        future: asyncio.Future[InMemoryChannel[T] | None] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._receivers.append(future)
-        try:
-            promiser = await future
-        except BaseException:
-            if future.done() and not future.cancelled() and future.result() is not None:
-                self._give_back_promise()
-            else:
-                _discard(self._receivers, future)
-            raise
-        if promiser is None:
-            raise self._closed_error()
-        return self._take_promised()
+        return (await self._receive_batch(1))[0]
 
     def _take_promised(self) -> ChannelMessage[T]:
         """Take the message promised to a woken receiver (it is at the front)."""
-        self._receivers_woken -= 1
-        return self._buffer.popleft()
+        locked = self._enter()
+        try:
+            self._receivers_woken -= 1
+            return self._buffer.popleft()
+        finally:
+            self._leave(locked)
 
     def _give_back_promise(self) -> None:
         """A woken receiver left without its message: queue it again for the next one."""
-        self._receivers_woken -= 1
-        self._note_size()
-        self._wake_receivers()
+        locked = self._enter()
+        try:
+            self._receivers_woken -= 1
+            self._note_size()
+            self._wake_receivers()
+        finally:
+            self._leave(locked)
 
     def _take_queued(self) -> ChannelMessage[T]:
         """Dequeue the oldest message while more are buffered than promised."""
@@ -389,33 +696,56 @@ class InMemoryChannel(BaseChannel[T]):
         while receivers and len(self._buffer) > self._receivers_woken:
             future = receivers.popleft()
             if not future.done():
-                future.set_result(self)
+                self._resolve(future, self, True)
                 self._receivers_woken += 1
                 promised = True
         if promised and self._senders:  # a promised message no longer takes room
             self._wake_senders()
 
+    def _freed_room(self) -> None:
+        """A message was taken: promise the room to blocked senders."""
+        locked = self._enter()
+        try:
+            if self._senders:
+                self._wake_senders()
+        finally:
+            self._leave(locked)
+
+    def _withdraw(self, future: Waiter) -> None:
+        """Take a receiver's waiter out of the queue if it is still there."""
+        locked = self._enter()
+        try:
+            _discard(self._receivers, future)
+        finally:
+            self._leave(locked)
+
     # -- state -----------------------------------------------------------
 
     def close(self) -> None:
-        """Refuse further sends and wake every blocked task.
+        """Refuse further sends and wake every blocked task and thread.
 
         Blocked senders get ``ChannelClosed``; blocked receivers get
         ``ChannelClosed`` (nothing is buffered for them). Buffered messages
-        can still be received. Calling it again does nothing.
+        can still be received. Calling it again does nothing. Works from
+        any thread.
         """
-        if self._closed:
-            return
-        self._closed = self._guarded = True
-        receivers, senders = self._receivers, self._senders
-        while receivers:
-            receiver = receivers.popleft()
-            if not receiver.done():
-                receiver.set_result(None)
-        while senders:
-            sender = senders.popleft()
-            if not sender.done():
-                sender.set_result(False)
+        self._check_owner()
+        locked = self._enter()
+        try:
+            if self._closed:
+                return
+            self._closed = self._guarded = True
+            receivers, senders = self._receivers, self._senders
+            while receivers:
+                receiver = receivers.popleft()
+                if not receiver.done():
+                    self._resolve(receiver, None, True)
+            while senders:
+                sender = senders.popleft()
+                if not sender.done():
+                    self._resolve(sender, False, False)
+        finally:
+            self._leave(locked)
 
     @property
     def maxsize(self) -> int:
@@ -436,16 +766,20 @@ class InMemoryChannel(BaseChannel[T]):
 
     def stats(self) -> ChannelStats:
         """A snapshot of the channel's counters."""
-        return ChannelStats(
-            sent=self._sent + self._unseen,
-            received=self._sent + self._unseen - len(self._buffer),
-            size=self.qsize(),
-            peak_size=max(self._peak_size, self.qsize()),
-            maxsize=self._maxsize,
-            senders_waiting=_count_pending(self._senders),
-            receivers_waiting=_count_pending(self._receivers),
-            closed=self._closed,
-        )
+        locked = self._enter()
+        try:
+            return ChannelStats(
+                sent=self._sent + self._unseen,
+                received=self._sent + self._unseen - len(self._buffer),
+                size=self.qsize(),
+                peak_size=max(self._peak_size, self.qsize()),
+                maxsize=self._maxsize,
+                senders_waiting=_count_pending(self._senders),
+                receivers_waiting=_count_pending(self._receivers),
+                closed=self._closed,
+            )
+        finally:
+            self._leave(locked)
 
     def _closed_error(self) -> ChannelClosed:
         return ChannelClosed(f"channel {self._name!r} is closed")
@@ -454,7 +788,11 @@ class InMemoryChannel(BaseChannel[T]):
 
     def _queued(self) -> list[ChannelMessage[T]]:
         """The queued messages, oldest first (not those promised to woken receivers)."""
-        return list(self._buffer)[self._receivers_woken :]
+        locked = self._enter()
+        try:
+            return list(self._buffer)[self._receivers_woken :]
+        finally:
+            self._leave(locked)
 
     def __getstate__(self) -> dict[str, Any]:
         """What ``copy.deepcopy`` and ``pickle`` keep (see spark/nodes/_copying.py)."""
@@ -599,12 +937,12 @@ class ForwardingChannel(BaseChannel[T]):
         _copying.restore_attributes(self, state)
 
 
-def _discard(waiters: deque[asyncio.Future[Any]], future: asyncio.Future[Any]) -> None:
+def _discard(waiters: deque[Any], future: Any) -> None:
     try:
         waiters.remove(future)
     except ValueError:
         pass
 
 
-def _count_pending(waiters: deque[asyncio.Future[Any]]) -> int:
+def _count_pending(waiters: deque[Any]) -> int:
     return sum(1 for future in waiters if not future.done())

@@ -135,8 +135,8 @@ async def _select_from(
             index = (start + step) % count
             channel, inner = channels[index], inners[index]
             if inner is not None:
-                if len(inner._buffer) > inner._receivers_woken:
-                    message = inner._take_queued()
+                message = _take_queued(inner)
+                if message is not None:
                     return channel, await _received(channel, inner, message)
                 closed += inner._closed
             elif index in gone:
@@ -159,6 +159,20 @@ async def _select_from(
             return won
 
 
+def _take_queued(inner: InMemoryChannel[Any]) -> Any:
+    """The oldest queued message of ``inner``, taken; None if none is queued."""
+    locked = inner._enter()
+    try:
+        if len(inner._buffer) > inner._receivers_woken:
+            message = inner._take_queued()
+            if inner._senders:
+                inner._wake_senders()
+            return message
+        return None
+    finally:
+        inner._leave(locked)
+
+
 def _take_other(channel: BaseChannel[Any]) -> Any:
     held = _held.get(channel)
     if held:
@@ -167,9 +181,7 @@ def _take_other(channel: BaseChannel[Any]) -> Any:
 
 
 async def _received(channel: BaseChannel[Any], inner: InMemoryChannel[Any], message: Any) -> Any:
-    """Finish taking ``message`` from ``inner``: free room, then tell the observers."""
-    if inner._senders:
-        inner._wake_senders()
+    """Finish taking ``message`` from ``inner`` (room freed already): tell the observers."""
     if inner._observers:
         await inner._notify_observers(message, "receive")
     if channel is not inner and channel._observers:
@@ -188,8 +200,14 @@ async def _wait(
     future: asyncio.Future[Any] = loop.create_future()
     tasks = _start_receives(channels, inners, gone, future)
     for inner in inners:
-        if inner is not None and not inner._closed:
-            inner._receivers.append(future)
+        if inner is not None:
+            inner._check_owner()
+            locked = inner._enter()
+            try:
+                if not inner._closed:
+                    inner._park_waiter(future)
+            finally:
+                inner._leave(locked)
     if merged is not None:
         merged._waiting.add(future)
     try:
@@ -214,6 +232,7 @@ async def _wait(
             _hold(*won)
         index = inners.index(promiser)
         message = promiser._take_promised()
+        promiser._freed_room()
         return channels[index], await _received(channels[index], promiser, message)
     return won
 
@@ -253,7 +272,7 @@ def _withdraw(
         merged._waiting.discard(future)
     for inner in inners:
         if inner is not None:
-            _discard(inner._receivers, future)
+            inner._withdraw(future)
 
 
 def _settle(
@@ -291,13 +310,6 @@ def _keep(channel: BaseChannel[Any], task: asyncio.Future[Any]) -> None:
 
 def _hold(channel: BaseChannel[Any], message: Any) -> None:
     _held.setdefault(channel, deque()).append(message)
-
-
-def _discard(waiters: deque[Any], future: asyncio.Future[Any]) -> None:
-    try:
-        waiters.remove(future)
-    except ValueError:
-        pass
 
 
 class MergedChannel(BaseChannel[T]):

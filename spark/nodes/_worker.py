@@ -151,7 +151,8 @@ class Route:
         if target is None or target._observers:
             return False
         if target._guarded and (
-            target._closed
+            target._shared  # used by threads: the general path takes its lock
+            or target._closed
             or len(target._buffer) - target._receivers_woken + target._senders_woken
             >= target._maxsize  # no room: target._room_taken(), inline
         ):
@@ -169,10 +170,16 @@ class Route:
         message.metadata = metadata
         message.ack = None
         message.is_shutdown = False
-        target._buffer.append(message)
-        target._unseen += 1
-        if target._receivers:
-            target._wake_receivers()
+        target._busy += 1  # an owner's section (see spark/nodes/_threads.py)
+        try:
+            if target._shared:  # shared since the check above
+                return False
+            target._buffer.append(message)
+            target._unseen += 1
+            if target._receivers:
+                target._wake_receivers()
+        finally:
+            target._busy -= 1
         return True
 
 
