@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from spark.bench.scenarios import BASELINE_RUNS, SCENARIOS, make_messages, verify
+from spark.bench.scenarios import BASELINE_RUNS, SCENARIOS, make_messages, runs_in, verify
 
 N = 10_000
 
@@ -32,8 +32,8 @@ def _run(benchmark: Any, loop: asyncio.AbstractEventLoop, scenario: Any, contend
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def bench_scenario(benchmark, loop, contender, name):
     scenario = SCENARIOS[name]
-    if scenario.channels_only and not contender.is_channel:
-        pytest.skip(f"{name} needs one of our channel builds")
+    if not runs_in(scenario, contender):
+        pytest.skip(f"{contender.name} does not take part in {name}")
     _run(benchmark, loop, scenario, contender)
 
 

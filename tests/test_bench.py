@@ -92,14 +92,20 @@ def test_refuses_unknown_scenarios_and_loops(capsys):
 def test_every_scenario_moves_every_message():
     import asyncio
 
-    from spark.bench.scenarios import BASELINE_RUNS, available_contenders, make_messages, verify
+    from spark.bench.scenarios import (
+        BASELINE_RUNS,
+        available_contenders,
+        make_messages,
+        runs_in,
+        verify,
+    )
 
     loop = asyncio.new_event_loop()
     try:
         for contender in available_contenders():
             messages = make_messages(contender, 64)
             for scenario in SCENARIOS.values():
-                if scenario.channels_only and not contender.is_channel:
+                if not runs_in(scenario, contender):
                     continue
                 verify(loop.run_until_complete(scenario.run(contender, messages)), messages)
                 baseline = BASELINE_RUNS.get(scenario.baseline)

@@ -38,7 +38,7 @@ def _names(text: str) -> list[str]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m spark.bench",
-        description="Compare spark-channels with asyncio.Queue (and anyio, aiochannel when "
+        description="Compare spark-channels with asyncio.Queue (and anyio, aiochannel, janus when "
         "installed) on this machine. Ratios are time per message divided by the baseline's, "
         "measured in the same run: lower is better. The report goes to stdout, progress to "
         "stderr (a line per finished round when stderr is not a terminal).",

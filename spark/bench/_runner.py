@@ -33,6 +33,7 @@ from .scenarios import (
     ScenarioRun,
     available_contenders,
     make_messages,
+    runs_in,
     verify,
 )
 
@@ -137,7 +138,7 @@ def plan_cells(
     for name in scenarios:
         scenario = SCENARIOS[name]
         for contender in contenders:
-            if scenario.channels_only and not contender.is_channel:
+            if not runs_in(scenario, contender):
                 continue
             prebuilt = make_messages(contender, messages)
             plans.append(_Plan(Cell(name, contender.name, loop), scenario.run, contender, prebuilt))

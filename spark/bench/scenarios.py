@@ -2,9 +2,11 @@
 
 A *contender* is something that moves messages: the compiled channels, the
 pure-Python ones, ``asyncio.Queue`` (the reference every ratio is taken
-against), and, when installed, anyio's memory object streams and aiochannel.
-Each is seen through the same small surface (``send``, ``send_nowait``,
-``receive``) so that every contender pays the same call costs.
+against), and, when installed, anyio's memory object streams, aiochannel
+and janus. Each is seen through the same small surface (``send``,
+``send_nowait``, ``receive``, and for the thread scenarios
+``blocking_send``/``blocking_receive``, called from another thread) so that
+every contender pays the same call costs.
 
 A *scenario* moves ``n`` pre-built messages through a fresh contender and
 checks that every message arrived, in order where order is promised. It
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import math
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +37,7 @@ __all__ = [
     "Scenario",
     "available_contenders",
     "make_messages",
+    "runs_in",
     "verify",
 ]
 
@@ -49,12 +53,26 @@ class Contender:
     """``make(maxsize)``: has ``send``, ``send_nowait`` and ``receive``; 0 means unbounded."""
     is_channel: bool = True
     """Whether it is one of our builds (observer and forwarding scenarios need one)."""
+    threads: bool = True
+    """Whether it has a thread side (``blocking_send``/``blocking_receive``)."""
+    threads_only: bool = False
+    """Whether it runs only in the thread scenarios."""
 
 
 class _Bound:
     """Another library's sender and receiver under the channel method names, bound once."""
 
-    __slots__ = ("receive", "receive_nowait", "send", "send_nowait")
+    __slots__ = (
+        "blocking_receive",
+        "blocking_send",
+        "receive",
+        "receive_nowait",
+        "send",
+        "send_nowait",
+    )
+
+    blocking_send: Callable[[Any], Any]
+    blocking_receive: Callable[[], Any]
 
     def __init__(self, sender: Any, receiver: Any, put: str, get: str) -> None:
         self.send = getattr(sender, put)
@@ -64,8 +82,31 @@ class _Bound:
 
 
 def _queue(maxsize: int) -> _Bound:
+    """``asyncio.Queue``; from threads, the usual workarounds (it is not thread-safe).
+
+    A thread sends with ``loop.call_soon_threadsafe(queue.put_nowait, item)``
+    (unbounded only) and receives with
+    ``asyncio.run_coroutine_threadsafe(queue.get(), loop).result()``.
+    """
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
-    return _Bound(queue, queue, "put", "get")
+    bound = _Bound(queue, queue, "put", "get")
+    loop = asyncio.get_running_loop()
+    call_soon_threadsafe, put_nowait, get = loop.call_soon_threadsafe, queue.put_nowait, queue.get
+    run_threadsafe = asyncio.run_coroutine_threadsafe
+    bound.blocking_send = lambda item: call_soon_threadsafe(put_nowait, item)
+    bound.blocking_receive = lambda: run_threadsafe(get(), loop).result()
+    return bound
+
+
+def _janus(maxsize: int) -> _Bound:
+    """janus: a queue with an async face for tasks and a sync face for threads."""
+    import janus
+
+    queue: Any = janus.Queue(maxsize)
+    bound = _Bound(queue.async_q, queue.async_q, "put", "get")
+    bound.blocking_send = queue.sync_q.put
+    bound.blocking_receive = queue.sync_q.get
+    return bound
 
 
 def _anyio(maxsize: int) -> _Bound:
@@ -112,10 +153,23 @@ def available_contenders() -> list[Contender]:
     contenders.append(Contender("python", _channels_py, _channel_maker(_channels_py)))
     contenders.append(Contender("asyncio.Queue", None, _queue, is_channel=False))
     if _installed("anyio"):
-        contenders.append(Contender("anyio", None, _anyio, is_channel=False))
+        contenders.append(Contender("anyio", None, _anyio, is_channel=False, threads=False))
     if _installed("aiochannel"):
-        contenders.append(Contender("aiochannel", None, _aiochannel, is_channel=False))
+        contenders.append(
+            Contender("aiochannel", None, _aiochannel, is_channel=False, threads=False)
+        )
+    if _installed("janus"):
+        contenders.append(Contender("janus", None, _janus, is_channel=False, threads_only=True))
     return contenders
+
+
+def runs_in(scenario: Scenario, contender: Contender) -> bool:
+    """Whether ``contender`` takes part in ``scenario``."""
+    if scenario.channels_only and not contender.is_channel:
+        return False
+    if scenario.threads:
+        return contender.threads
+    return not contender.threads_only
 
 
 CONTENDERS = [contender.name for contender in available_contenders()]
@@ -142,6 +196,8 @@ class Scenario:
     """The contender (or ``"plain channel"``/``"dataclass"``) the ratio is taken against."""
     channels_only: bool = False
     """Only our builds can run it (observers, forwarding, envelopes)."""
+    threads: bool = False
+    """It moves messages between a thread and the loop (contenders with a thread side)."""
 
 
 def _lost(received: Any, expected: Any) -> AssertionError:
@@ -614,6 +670,52 @@ async def select_4(contender: Contender, messages: Sequence[Any]) -> list[Any]:
     return received  # interleaved: checked by verify(), after the timing
 
 
+async def thread_to_async(contender: Contender, messages: Sequence[Any]) -> None:
+    channel = contender.make(0)
+
+    def produce() -> None:
+        blocking_send = channel.blocking_send
+        for message in messages:
+            blocking_send(message)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    receive = channel.receive
+    try:
+        for message in messages:
+            if (received := await receive()) is not message:
+                raise _lost(received, message)
+    finally:
+        producer.join()
+
+
+async def async_to_thread(contender: Contender, messages: Sequence[Any]) -> None:
+    channel = contender.make(1000)
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[BaseException | None] = loop.create_future()
+
+    def consume() -> None:
+        error: BaseException | None = None
+        try:
+            blocking_receive = channel.blocking_receive
+            for message in messages:
+                if (received := blocking_receive()) is not message:
+                    raise _lost(received, message)
+        except BaseException as exc:  # reported to the loop below
+            error = exc
+        loop.call_soon_threadsafe(finished.set_result, error)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    send = channel.send
+    for message in messages:
+        await send(message)
+    error = await finished
+    consumer.join()
+    if error is not None:
+        raise error
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
@@ -697,6 +799,21 @@ SCENARIOS: dict[str, Scenario] = {
             "message.clone(metadata={...})",
             baseline="dataclass",
             channels_only=True,
+        ),
+        Scenario(
+            "thread-to-async",
+            thread_to_async,
+            "a thread's blocking_send x N, a task's await receive() (asyncio.Queue: "
+            "loop.call_soon_threadsafe(queue.put_nowait, m); janus: sync_q.put)",
+            threads=True,
+        ),
+        Scenario(
+            "async-to-thread",
+            async_to_thread,
+            "a task's await send(m), maxsize=1000, a thread's blocking_receive() "
+            "(asyncio.Queue: run_coroutine_threadsafe(queue.get(), loop).result(); "
+            "janus: sync_q.get)",
+            threads=True,
         ),
         Scenario("bridge", bridge, "QueueBridge put_nowait x N, then await get() x N"),
         Scenario(

@@ -325,8 +325,12 @@ class InMemoryChannel(BaseChannel[T]):
         """
         if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
             raise not_a_message(message)
-        self._busy += 1
-        if self._guarded:  # bounded, closed or shared
+        self._busy += 1  # an owner's section (see spark/nodes/_threads.py)
+        if self._guarded and (  # bounded, closed or shared
+            self._shared
+            or self._closed
+            or len(self._buffer) - self._receivers_woken + self._senders_woken >= self._maxsize
+        ):  # (no room: ``_room_taken()``, inline on this path)
             self._busy -= 1
             await self._send_guarded(message)
             return
@@ -341,7 +345,8 @@ class InMemoryChannel(BaseChannel[T]):
             await self._notify_observers(message, "send")
 
     async def _send_guarded(self, message: ChannelMessage[T]) -> None:
-        self._check_owner()
+        if not self._shared and get_ident() != self._owner:
+            self._share()
         locked = self._enter()
         try:
             if self._closed:
@@ -368,7 +373,11 @@ class InMemoryChannel(BaseChannel[T]):
         if get_ident() != self._owner:
             self._check_owner()
         self._busy += 1
-        if self._guarded:  # bounded, closed or shared
+        if self._guarded and (
+            self._shared
+            or self._closed
+            or len(self._buffer) - self._receivers_woken + self._senders_woken >= self._maxsize
+        ):
             self._busy -= 1
             locked = self._enter()
             try:
@@ -519,7 +528,7 @@ class InMemoryChannel(BaseChannel[T]):
                 self._busy -= 1
         else:
             self._busy -= 1
-            message = (await self._receive_batch(1))[0]
+            message = await self._wait_for_message()
         if self._observers:
             await self._notify_observers(message, "receive")
         return message
@@ -532,7 +541,12 @@ class InMemoryChannel(BaseChannel[T]):
         """
         if get_ident() != self._owner:
             self._check_owner()
-        locked = self._enter()
+        self._busy += 1
+        if not self._shared:
+            locked = False
+        else:
+            self._busy -= 1
+            locked = self._enter()
         try:
             buffer = self._buffer
             if buffer and not self._receivers_woken:  # the common case, as in receive()
@@ -613,7 +627,8 @@ class InMemoryChannel(BaseChannel[T]):
 
     async def _receive_batch(self, max_items: int) -> list[ChannelMessage[T]]:
         """Wait for a message, take up to ``max_items``, wake senders for the room freed."""
-        self._check_owner()
+        if not self._shared and get_ident() != self._owner:
+            self._share()
         locked = self._enter()
         try:
             if len(self._buffer) > self._receivers_woken:
@@ -626,20 +641,14 @@ class InMemoryChannel(BaseChannel[T]):
         try:
             promiser = await future
         except BaseException:
-            locked = self._enter()
-            try:
-                if future.done() and not future.cancelled() and future.result() is not None:
-                    self._give_back_promise()
-                else:
-                    _discard(self._receivers, future)
-            finally:
-                self._leave(locked)
+            self._abandon_receiver(future)
             raise
         if promiser is None:
             raise self._closed_error()
         locked = self._enter()
         try:
-            return self._take_batch(self._take_promised(), max_items)
+            self._receivers_woken -= 1
+            return self._take_batch(self._buffer.popleft(), max_items)
         finally:
             self._leave(locked)
 
@@ -657,8 +666,51 @@ class InMemoryChannel(BaseChannel[T]):
         return batch
 
     async def _wait_for_message(self) -> ChannelMessage[T]:
-        """Take the oldest message, waiting for a promise of one if none is queued."""
-        return (await self._receive_batch(1))[0]
+        """Take the oldest message, waiting for a promise of one if none is queued.
+
+        Wakes blocked senders for the room it frees.
+        """
+        if not self._shared and get_ident() != self._owner:
+            self._share()
+        locked = self._enter()
+        try:
+            if len(self._buffer) > self._receivers_woken:
+                message = self._take_queued()
+                if self._senders:
+                    self._wake_senders()
+                return message
+            if self._closed:
+                raise self._closed_error()
+            future = self._park(self._receivers)
+        finally:
+            self._leave(locked)
+        try:
+            promiser = await future
+        except BaseException:
+            self._abandon_receiver(future)
+            raise
+        if promiser is None:
+            raise self._closed_error()
+        locked = self._enter()
+        try:
+            self._receivers_woken -= 1
+            message = self._buffer.popleft()
+            if self._senders:
+                self._wake_senders()
+            return message
+        finally:
+            self._leave(locked)
+
+    def _abandon_receiver(self, future: asyncio.Future[Any]) -> None:
+        """A receiver left: hand its promise on if it had one, else leave the queue."""
+        locked = self._enter()
+        try:
+            if future.done() and not future.cancelled() and future.result() is not None:
+                self._give_back_promise()
+            else:
+                _discard(self._receivers, future)
+        finally:
+            self._leave(locked)
 
     def _take_promised(self) -> ChannelMessage[T]:
         """Take the message promised to a woken receiver (it is at the front)."""
