@@ -20,7 +20,6 @@ from cpython.object cimport PyObject, PyObject_GenericSetAttr, PyTypeObject
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.ref cimport Py_DECREF, Py_INCREF, _Py_REFCNT
-from cpython.pythread cimport PyThread_get_thread_ident
 
 import asyncio
 import copyreg as _copyreg
@@ -76,6 +75,19 @@ cdef extern from *:
     }
     """
     void spark_drop_empty_dict(object self)
+
+cdef extern from *:
+    """
+    /* The calling thread's id, as PyThread_get_thread_ident() gives it,
+       without the call into libpython: a few instructions on the hot path. */
+    #ifdef _WIN32
+    static inline unsigned long spark_thread_id(void) { return (unsigned long)GetCurrentThreadId(); }
+    #else
+    #include <pthread.h>
+    static inline unsigned long spark_thread_id(void) { return (unsigned long)pthread_self(); }
+    #endif
+    """
+    unsigned long spark_thread_id() nogil
 
 cdef extern from "Python.h":
     int _generic_delattr "PyObject_GenericSetAttr" (object o, object name, PyObject* value) except -1
@@ -612,7 +624,7 @@ cdef class _Op:
         loop = _get_running_loop()
         if loop is not channel._loop:
             channel._loop = loop
-            channel._loop_thread = PyThread_get_thread_ident()
+            channel._loop_thread = spark_thread_id()
             channel._create_future = loop.create_future
         future = channel._create_future()
         future._asyncio_future_blocking = True
@@ -768,8 +780,8 @@ cdef inline int _op_first_step(_Op op, PyObject** result) except -1:
     NOT_DONE for the general path.
     """
     cdef int kind = op.kind
-    if op.channel._shared:
-        return NOT_DONE  # used by threads: the general path takes the lock
+    if op.channel._shared or spark_thread_id() != op.channel._owner:
+        return NOT_DONE  # used by threads (or another thread's loop): the general path locks
     if kind == OP_RECEIVE or kind == OP_ANEXT:
         # Nothing below calls Python before the message is taken: no other
         # thread runs in between (see spark/nodes/_threads.py).
@@ -847,7 +859,7 @@ cdef bint _wake(_Op op, int reason) except -1:
     if (
         channel is not None
         and channel._shared
-        and PyThread_get_thread_ident() != channel._loop_thread
+        and spark_thread_id() != channel._loop_thread
         and type(future) is not _ThreadWaiter
     ):
         # A task's future, from another thread: the promise counts now, the
@@ -855,7 +867,7 @@ cdef bint _wake(_Op op, int reason) except -1:
         if future.done():  # cancelled: its task will abandon the op
             return False
         op.woken = reason
-        channel._wakes.append(future)
+        channel._wakes.append((op, future))
         return True
     try:
         if type(future) is _Future:
@@ -866,6 +878,17 @@ cdef bint _wake(_Op op, int reason) except -1:
         return False
     op.woken = reason
     return True
+
+
+cdef int _wait_in_thread(_Op op, object deadline) except -1:
+    """Block a thread on its parked op; if that raises (KeyboardInterrupt), withdraw the op."""
+    try:
+        op.future.wait(deadline)
+    except BaseException:
+        op._abandon()  # hands a promise it got on
+        op._release()
+        raise
+    return 0
 
 
 # -- sections (see spark/nodes/_threads.py) -------------------------------
@@ -884,22 +907,27 @@ cdef inline int _enter(InMemoryChannel channel) except -1:
     owner (which goes on as it began).
     """
     if not channel._shared:
-        if PyThread_get_thread_ident() == channel._owner:
+        if spark_thread_id() == channel._owner:
             channel._busy += 1
             return SECTION_COUNTED
         channel._share()
-    elif channel._busy and PyThread_get_thread_ident() == channel._owner:
+    elif channel._busy and spark_thread_id() == channel._owner:
         channel._busy += 1
         return SECTION_COUNTED
     channel._lock.acquire()
     return SECTION_LOCKED
 
 
-cdef int _leave(InMemoryChannel channel, int how) except -1:
+cdef inline int _leave(InMemoryChannel channel, int how) except -1:
     """End a section; ask the loop to resolve the wake-ups this thread recorded."""
     if how == SECTION_COUNTED:
         channel._busy -= 1
         return 0
+    return _unlock(channel)
+
+
+cdef int _unlock(InMemoryChannel channel) except -1:
+    """End a section that holds the lock (see _leave)."""
     cdef bint post = PyList_GET_SIZE(channel._wakes) and not channel._posted
     if post:
         channel._posted = True
@@ -909,7 +937,7 @@ cdef int _leave(InMemoryChannel channel, int how) except -1:
         try:
             loop.call_soon_threadsafe(channel._deliver_wakes)
         except RuntimeError:  # the loop is closed: its tasks will never run again
-            pass
+            channel._drop_wakes()
     return 0
 
 
@@ -1199,7 +1227,7 @@ cdef class InMemoryChannel(_ObservedChannel):
     cdef bint _posted
 
     def __cinit__(self, *args, **kwargs):
-        self._owner = PyThread_get_thread_ident()
+        self._owner = spark_thread_id()
         self._wakes = []
         loop = _get_running_loop_or_none()
         if loop is not None:  # the loop whose tasks will wait here, most likely
@@ -1221,16 +1249,17 @@ cdef class InMemoryChannel(_ObservedChannel):
     cdef int _share(self) except -1:
         """Let threads other than the owner use the channel (once; see _threads.py)."""
         with _SHARING:
-            if self._lock is None:
-                lock = _RLock()
-                lock.acquire()  # sections that see _shared wait until the owner's are done
-                self._lock = lock
-                self._shared = True
-                try:
-                    while self._busy:
-                        _sleep(0)  # the owner's sections are short and never block
-                finally:
-                    lock.release()
+            if self._lock is not None:
+                return 0
+            lock = _RLock()
+            lock.acquire()  # sections that see _shared wait until the owner's are done
+            self._lock = lock
+            self._shared = True
+        try:
+            while self._busy:
+                _sleep(0)  # the owner's sections are short and never block
+        finally:
+            lock.release()
         return 0
 
     def _deliver_wakes(self):
@@ -1240,11 +1269,27 @@ cdef class InMemoryChannel(_ObservedChannel):
             wakes = self._wakes
             self._wakes = []
             self._posted = False
-            for future in wakes:
+            for op, future in wakes:
                 if not future.done():  # done: cancelled, its op abandoned; or a select's, won elsewhere
                     future.set_result(None)
         finally:
             _leave(self, how)
+
+    cdef int _drop_wakes(self) except -1:
+        """The loop of the recorded wake-ups is closed: hand on what was promised to its tasks."""
+        cdef _Op op
+        cdef int how = _enter(self)
+        try:
+            wakes = self._wakes
+            self._wakes = []
+            self._posted = False
+            for op, future in wakes:
+                if op.state == ST_WAITING and op.future is future:  # still parked, promised
+                    op._abandon()
+                    op._release()
+        finally:
+            _leave(self, how)
+        return 0
 
     cdef _Op _park_thread(self, _Ring waiters, int kind):
         """A blocked thread's op, queued last in ``waiters`` (inside a section)."""
@@ -1304,7 +1349,7 @@ cdef class InMemoryChannel(_ObservedChannel):
         finally:
             _leave(self, how)
         if op is not None:
-            op.future.wait(deadline)
+            _wait_in_thread(op, deadline)
             how = _enter(self)
             try:
                 self._end_thread_wait(op, timeout)
@@ -1340,7 +1385,7 @@ cdef class InMemoryChannel(_ObservedChannel):
         finally:
             _leave(self, how)
         if op is not None:
-            op.future.wait(deadline)
+            _wait_in_thread(op, deadline)
             how = _enter(self)
             try:
                 self._end_thread_wait(op, timeout)

@@ -489,6 +489,7 @@ async def _wait_for_any(channels, list inners, set gone, merged):
     cdef _Op promised = None
     cdef list ops = []
     cdef int how
+    cdef Py_ssize_t closed = len(gone)
     future = _get_running_loop().create_future()
     tasks = _start_receives(channels, inners, gone, future)
     for index in range(count):
@@ -497,7 +498,12 @@ async def _wait_for_any(channels, list inners, set gone, merged):
             continue
         how = _enter(inner)
         try:
-            if not inner._closed:
+            if inner._buffer.count > inner._receivers_woken:
+                if not future.done():  # sent since the scan (by another thread): scan again
+                    future.set_result(None)
+            elif inner._closed:
+                closed += 1
+            else:
                 op = _Op.__new__(_Op)
                 op.channel = inner
                 op.kind = OP_RECEIVE
@@ -506,12 +512,14 @@ async def _wait_for_any(channels, list inners, set gone, merged):
                 op.state = ST_WAITING
                 if inner._loop is not future.get_loop():  # tasks of this loop wait here
                     inner._loop = future.get_loop()
-                    inner._loop_thread = PyThread_get_thread_ident()
+                    inner._loop_thread = spark_thread_id()
                     inner._create_future = inner._loop.create_future
                 inner._receivers.push(op)
                 ops.append(op)
         finally:
             _leave(inner, how)
+    if closed == count and not future.done():  # all closed since the scan
+        future.set_result(None)
     if merged is not None:
         merged._waiting.add(future)
     try:

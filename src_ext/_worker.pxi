@@ -134,6 +134,8 @@ cdef bint _deliver_now(object channel, object payload, str source, object trace_
     message = _envelope(payload, _tracing(defaults, source, trace_id, timestamp))
     cdef int how = _enter(target)
     try:
+        if target._shared or target._closed or target._is_full():  # changed while the envelope was made
+            return False
         target._enqueue(message)
     finally:
         _leave(target, how)

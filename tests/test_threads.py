@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from conftest import settle
 
+from spark.nodes._threads import ThreadWaiter
 from spark.nodes.channels import BaseChannel, ChannelClosed
 
 SHORT = 0.05  # seconds: a timeout that is meant to expire
@@ -33,6 +34,7 @@ async def join(*threads: threading.Thread) -> None:
 async def until(condition: Any, seconds: float = 10) -> None:
     """Let the loop run until ``condition()`` holds (another thread makes it so)."""
     deadline = time.monotonic() + seconds
+    await settle()
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting for another thread"
         await asyncio.sleep(0.001)
@@ -262,6 +264,46 @@ async def test_a_sender_cancelled_after_a_thread_freed_room_hands_it_on(impl):
     assert [m.payload for m in await channel.receive_many(5)] == ["sent"]
 
 
+def interrupt_after_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocked threads are interrupted (KeyboardInterrupt) right after they are woken."""
+    original = ThreadWaiter.wait
+
+    def interrupted(self: ThreadWaiter, deadline: float | None) -> None:
+        original(self, deadline)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ThreadWaiter, "wait", interrupted)
+
+
+async def test_a_thread_interrupted_after_a_promise_of_a_message_hands_it_on(impl, monkeypatch):
+    interrupt_after_waiting(monkeypatch)
+    channel = impl.InMemoryChannel()
+    interrupted = Outcome(channel.blocking_receive)
+    await until(lambda: channel.stats().receivers_waiting == 1)
+    task = asyncio.ensure_future(channel.receive())
+    await settle()
+    channel.send_nowait(impl.ChannelMessage("x"))  # promised to the thread first
+    await join(interrupted.thread)
+    assert isinstance(interrupted.error, KeyboardInterrupt)
+    assert (await asyncio.wait_for(task, 5)).payload == "x"
+    assert channel.stats().received == 1
+
+
+async def test_a_thread_interrupted_after_a_promise_of_room_hands_it_on(impl, monkeypatch):
+    interrupt_after_waiting(monkeypatch)
+    channel = impl.InMemoryChannel(maxsize=1)
+    channel.send_nowait(impl.ChannelMessage(0))
+    interrupted = Outcome(channel.blocking_send, impl.ChannelMessage("lost"))
+    await until(lambda: channel.stats().senders_waiting == 1)
+    task = asyncio.ensure_future(channel.send(impl.ChannelMessage("sent")))
+    await settle()
+    assert (await channel.receive()).payload == 0  # the room goes to the thread first
+    await join(interrupted.thread)
+    assert isinstance(interrupted.error, KeyboardInterrupt)
+    await asyncio.wait_for(task, 5)
+    assert [m.payload for m in await channel.receive_many(5)] == ["sent"]
+
+
 # -- wake-ups ---------------------------------------------------------------------
 
 
@@ -404,6 +446,39 @@ async def test_select_and_nodes_take_what_threads_send(impl):
     channel, message = await asyncio.wait_for(waiting, 5)
     assert channel is right and message.payload == "r"
     assert left.empty() and right.empty()
+
+
+def between_scan_and_wait(monkeypatch: pytest.MonkeyPatch, action: Any) -> None:
+    """Run ``action`` in a thread when select next makes its future: after it scanned."""
+    loop = asyncio.get_running_loop()
+    original = loop.create_future
+    armed = [True]
+
+    def create_future() -> asyncio.Future[Any]:
+        if armed.pop() if armed else False:
+            start_thread(action).join(30)
+        return original()
+
+    monkeypatch.setattr(loop, "create_future", create_future)
+
+
+async def test_select_takes_a_message_a_thread_sent_after_it_scanned(impl, monkeypatch):
+    left, right = impl.InMemoryChannel(), impl.InMemoryChannel()
+    between_scan_and_wait(monkeypatch, lambda: left.send_nowait(impl.ChannelMessage("late")))
+    selecting = asyncio.ensure_future(impl.select(left, right))  # (no future made before it)
+    await until(selecting.done, seconds=2)
+    channel, message = selecting.result()
+    assert channel is left and message.payload == "late"
+    assert left.stats().receivers_waiting == right.stats().receivers_waiting == 0
+
+
+async def test_select_ends_when_threads_close_every_channel_after_it_scanned(impl, monkeypatch):
+    left, right = impl.InMemoryChannel(), impl.InMemoryChannel()
+    between_scan_and_wait(monkeypatch, lambda: (left.close(), right.close()))
+    selecting = asyncio.ensure_future(impl.select(left, right))
+    await until(selecting.done, seconds=2)
+    with pytest.raises(ChannelClosed, match="every channel"):
+        selecting.result()
 
 
 async def test_a_broadcast_subscription_is_received_from_a_thread(impl):

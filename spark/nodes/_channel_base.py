@@ -65,9 +65,9 @@ class ChannelStats:
     maxsize: int
     """The bound on buffered messages; 0 means unbounded."""
     senders_waiting: int
-    """Tasks blocked in ``send`` because the channel is full."""
+    """Tasks blocked in ``send`` (and threads in ``blocking_send``): the channel is full."""
     receivers_waiting: int
-    """Tasks blocked in ``receive`` because the channel is empty."""
+    """Tasks blocked in ``receive`` (and threads in ``blocking_receive``): it is empty."""
     closed: bool
     """Whether ``close()`` has been called."""
     dropped: int = 0

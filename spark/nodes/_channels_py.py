@@ -235,12 +235,24 @@ class InMemoryChannel(BaseChannel[T]):
     # -- sections (see spark/nodes/_threads.py) ---------------------------
 
     def _enter(self) -> bool:
-        """Begin a section on the channel's state; True if it took the lock."""
+        """Begin a section on the channel's state; True if it took the lock.
+
+        The owner's sections are counted and take no lock while the channel
+        is not shared; a section of another thread shares it first. Once
+        shared, sections hold the lock, except one nested in a counted
+        section of the owner (which goes on as it began).
+        """
         if not self._shared:
+            if get_ident() != self._owner:
+                self._share()
+            else:
+                self._busy += 1
+                if not self._shared:
+                    return False
+                self._busy -= 1
+        elif self._busy and get_ident() == self._owner:
             self._busy += 1
-            if not self._shared:
-                return False
-            self._busy -= 1
+            return False
         self._lock.acquire()  # type: ignore[union-attr]
         return True
 
@@ -253,20 +265,47 @@ class InMemoryChannel(BaseChannel[T]):
         if post:
             self._posted = True
         loop = self._loop
+        if loop is None:  # (no task ever waited here: nothing to resolve)
+            post = False
         self._lock.release()  # type: ignore[union-attr]
-        if post and loop is not None:
+        if post:
             try:
-                loop.call_soon_threadsafe(self._deliver_wakes)
+                loop.call_soon_threadsafe(self._deliver_wakes)  # type: ignore[union-attr]
             except RuntimeError:  # the loop is closed: its tasks will never run again
-                pass
+                self._drop_wakes()
+
+    def _drop_wakes(self) -> None:
+        """The loop of the recorded wake-ups is closed: hand on what was promised to its tasks."""
+        locked = self._enter()
+        try:
+            wakes, self._wakes = self._wakes, []
+            self._posted = False
+            for _future, value, receiving in wakes:
+                self._hand_on(value, receiving)
+        finally:
+            self._leave(locked)
+
+    def _hand_on(self, value: Any, receiving: bool) -> None:
+        """A woken waiter that will not run: its promise goes to the next one (inside a section)."""
+        if receiving and value is not None:
+            self._give_back_promise()
+        elif not receiving and value:
+            self._senders_woken -= 1
+            self._wake_senders()
 
     def _share(self) -> None:
         """Let threads other than the owner use the channel (once; see _threads.py)."""
         with SHARING:
-            if self._lock is None:
-                self._lock = RLock()
-                self._shared = self._guarded = True
-                wait_for_owner(self)
+            if self._lock is not None:
+                return
+            lock = RLock()
+            lock.acquire()  # sections that see _shared wait until the owner's are done
+            self._lock = lock
+            self._shared = self._guarded = True
+        try:
+            wait_for_owner(self)
+        finally:
+            lock.release()
 
     def _resolve(self, waiter: Waiter, value: Any, receiving: bool) -> None:
         """Wake ``waiter`` with ``value``, or record it for the loop if it is a task's future."""
@@ -282,13 +321,10 @@ class InMemoryChannel(BaseChannel[T]):
             wakes, self._wakes = self._wakes, []
             self._posted = False
             for future, value, receiving in wakes:
-                if not future.done():  # (a select's future may have been woken by another channel)
+                if not future.done():
                     future.set_result(value)
-                elif receiving and value is not None:  # its task left: the next one's turn
-                    self._give_back_promise()
-                elif not receiving and value:
-                    self._senders_woken -= 1
-                    self._wake_senders()
+                else:  # its task left, or a select's future was woken by another channel
+                    self._hand_on(value, receiving)
         finally:
             self._leave(locked)
 
@@ -309,11 +345,6 @@ class InMemoryChannel(BaseChannel[T]):
             self._loop = loop
             self._loop_thread = get_ident()
         self._receivers.append(future)
-
-    def _check_owner(self) -> None:
-        """Share the channel if this thread is not its owner (before a section)."""
-        if not self._shared and get_ident() != self._owner:
-            self._share()
 
     # -- sending ---------------------------------------------------------
 
@@ -345,8 +376,6 @@ class InMemoryChannel(BaseChannel[T]):
             await self._notify_observers(message, "send")
 
     async def _send_guarded(self, message: ChannelMessage[T]) -> None:
-        if not self._shared and get_ident() != self._owner:
-            self._share()
         locked = self._enter()
         try:
             if self._closed:
@@ -370,8 +399,8 @@ class InMemoryChannel(BaseChannel[T]):
         """
         if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
             raise not_a_message(message)
-        if get_ident() != self._owner:
-            self._check_owner()
+        if not self._shared and get_ident() != self._owner:
+            self._share()
         self._busy += 1
         if self._guarded and (
             self._shared
@@ -411,7 +440,6 @@ class InMemoryChannel(BaseChannel[T]):
         deadline = check_timeout(timeout)
         if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
             raise not_a_message(message)
-        self._check_owner()
         locked = self._enter()
         try:
             if self._closed:
@@ -424,7 +452,11 @@ class InMemoryChannel(BaseChannel[T]):
         finally:
             self._leave(locked)
         if waiter is not None:
-            waiter.wait(deadline)
+            try:
+                waiter.wait(deadline)
+            except BaseException:  # KeyboardInterrupt, say: the thread sends nothing
+                self._abandon_sender(waiter)
+                raise
             locked = self._enter()
             try:
                 if not waiter.done():
@@ -448,7 +480,6 @@ class InMemoryChannel(BaseChannel[T]):
         once, in the same step (a broadcast's send).
         """
         if future is None:
-            self._check_owner()
             locked = self._enter()
             try:
                 future = self._park(self._senders)
@@ -457,15 +488,7 @@ class InMemoryChannel(BaseChannel[T]):
         try:
             promised = await future
         except BaseException:
-            locked = self._enter()
-            try:
-                if future.done() and not future.cancelled() and future.result():
-                    self._senders_woken -= 1
-                    self._wake_senders()
-                else:
-                    _discard(self._senders, future)
-            finally:
-                self._leave(locked)
+            self._abandon_sender(future)
             raise
         locked = self._enter()
         try:
@@ -539,8 +562,8 @@ class InMemoryChannel(BaseChannel[T]):
         Raises ``ChannelClosed`` instead once the channel is closed and
         drained. Works from any thread.
         """
-        if get_ident() != self._owner:
-            self._check_owner()
+        if not self._shared and get_ident() != self._owner:
+            self._share()
         self._busy += 1
         if not self._shared:
             locked = False
@@ -580,7 +603,6 @@ class InMemoryChannel(BaseChannel[T]):
         """
         refuse_in_loop("blocking_receive", "receive")
         deadline = check_timeout(timeout)
-        self._check_owner()
         locked = self._enter()
         try:
             if len(self._buffer) > self._receivers_woken:
@@ -596,7 +618,11 @@ class InMemoryChannel(BaseChannel[T]):
         finally:
             self._leave(locked)
         if waiter is not None:
-            waiter.wait(deadline)
+            try:
+                waiter.wait(deadline)
+            except BaseException:  # KeyboardInterrupt, say: the thread takes nothing
+                self._abandon_receiver(waiter)
+                raise
             locked = self._enter()
             try:
                 if not waiter.done():
@@ -627,8 +653,6 @@ class InMemoryChannel(BaseChannel[T]):
 
     async def _receive_batch(self, max_items: int) -> list[ChannelMessage[T]]:
         """Wait for a message, take up to ``max_items``, wake senders for the room freed."""
-        if not self._shared and get_ident() != self._owner:
-            self._share()
         locked = self._enter()
         try:
             if len(self._buffer) > self._receivers_woken:
@@ -670,8 +694,6 @@ class InMemoryChannel(BaseChannel[T]):
 
         Wakes blocked senders for the room it frees.
         """
-        if not self._shared and get_ident() != self._owner:
-            self._share()
         locked = self._enter()
         try:
             if len(self._buffer) > self._receivers_woken:
@@ -701,7 +723,19 @@ class InMemoryChannel(BaseChannel[T]):
         finally:
             self._leave(locked)
 
-    def _abandon_receiver(self, future: asyncio.Future[Any]) -> None:
+    def _abandon_sender(self, future: Waiter) -> None:
+        """A sender left: hand its promised slot on if it had one, else leave the queue."""
+        locked = self._enter()
+        try:
+            if future.done() and not future.cancelled() and future.result():
+                self._senders_woken -= 1
+                self._wake_senders()
+            else:
+                _discard(self._senders, future)
+        finally:
+            self._leave(locked)
+
+    def _abandon_receiver(self, future: Waiter) -> None:
         """A receiver left: hand its promise on if it had one, else leave the queue."""
         locked = self._enter()
         try:
@@ -781,7 +815,6 @@ class InMemoryChannel(BaseChannel[T]):
         can still be received. Calling it again does nothing. Works from
         any thread.
         """
-        self._check_owner()
         locked = self._enter()
         try:
             if self._closed:

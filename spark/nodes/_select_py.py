@@ -199,15 +199,22 @@ async def _wait(
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
     tasks = _start_receives(channels, inners, gone, future)
+    closed = len(gone)
     for inner in inners:
         if inner is not None:
-            inner._check_owner()
             locked = inner._enter()
             try:
-                if not inner._closed:
+                if len(inner._buffer) > inner._receivers_woken:
+                    if not future.done():  # sent since the scan (by another thread): scan again
+                        future.set_result(None)
+                elif inner._closed:
+                    closed += 1
+                else:
                     inner._park_waiter(future)
             finally:
                 inner._leave(locked)
+    if closed == len(channels) and not future.done():  # all closed since the scan
+        future.set_result(None)
     if merged is not None:
         merged._waiting.add(future)
     try:
