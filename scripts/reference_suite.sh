@@ -37,7 +37,7 @@ run() {  # run NAME TREE [ENV...]: the sorted list of failed and erroring tests
 cp -r "$reference" "$work/original"
 cp -r "$reference" "$work/swapped"
 rm -rf "$work/original/.git" "$work/swapped/.git"
-cp "$ours"/spark/nodes/{channels.py,_bridge.py,_broadcast_py.py,_channel_base.py,_channels_py.py,_copying.py,_select_py.py} \
+cp "$ours"/spark/nodes/{channels.py,_bridge.py,_broadcast_py.py,_channel_base.py,_channels_py.py,_copying.py,_select_py.py,_threads.py} \
     "$ours/spark/nodes/_channels_c$suffix" "$work/swapped/spark/nodes/"
 
 active=$(cd "$work/swapped" && SPARK_NO_EXTENSIONS= "$python" -c \
