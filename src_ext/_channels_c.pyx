@@ -928,16 +928,21 @@ cdef inline int _leave(InMemoryChannel channel, int how) except -1:
 
 cdef int _unlock(InMemoryChannel channel) except -1:
     """End a section that holds the lock (see _leave)."""
-    cdef bint post = PyList_GET_SIZE(channel._wakes) and not channel._posted
-    if post:
-        channel._posted = True
+    cdef bint post = False, dropped = False
     loop = channel._loop
+    if PyList_GET_SIZE(channel._wakes) and loop is not None:
+        if not channel._posted:
+            post = channel._posted = True
+        elif loop.is_closed():  # closed before it ran the delivery it was asked for
+            dropped = True
     channel._lock.release()
-    if post and loop is not None:
+    if post:
         try:
             loop.call_soon_threadsafe(channel._deliver_wakes)
         except RuntimeError:  # the loop is closed: its tasks will never run again
-            channel._drop_wakes()
+            dropped = True
+    if dropped:
+        channel._drop_wakes()
     return 0
 
 
@@ -1280,13 +1285,17 @@ cdef class InMemoryChannel(_ObservedChannel):
         cdef _Op op
         cdef int how = _enter(self)
         try:
-            wakes = self._wakes
-            self._wakes = []
+            self._loop = None  # it will never run again: nothing to post to
+            self._loop_thread = 0
+            self._create_future = None
+            while self._wakes:  # a promise handed on may go to another of its tasks: again
+                wakes = self._wakes
+                self._wakes = []
+                for op, future in wakes:
+                    if op.state == ST_WAITING and op.future is future:  # still parked, promised
+                        op._abandon()
+                        op._release()
             self._posted = False
-            for op, future in wakes:
-                if op.state == ST_WAITING and op.future is future:  # still parked, promised
-                    op._abandon()
-                    op._release()
         finally:
             _leave(self, how)
         return 0

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import settle
+from conftest import LOOPS, settle
 
 from spark.nodes._threads import ThreadWaiter
 from spark.nodes.channels import BaseChannel, ChannelClosed
@@ -302,6 +302,21 @@ async def test_a_thread_interrupted_after_a_promise_of_room_hands_it_on(impl, mo
     assert isinstance(interrupted.error, KeyboardInterrupt)
     await asyncio.wait_for(task, 5)
     assert [m.payload for m in await channel.receive_many(5)] == ["sent"]
+
+
+@pytest.mark.parametrize("loop_kind", list(LOOPS))
+def test_a_loop_closed_before_it_delivered_a_wakeup_lets_the_message_go_on(impl, loop_kind):
+    channel = impl.InMemoryChannel()
+    loop = LOOPS[loop_kind]()
+    waiting = loop.create_task(channel.receive())
+    loop.run_until_complete(asyncio.sleep(0.01))  # the task waits on the channel
+    start_thread(channel.send_nowait, impl.ChannelMessage("m")).join(30)  # promised to the task
+    waiting.cancel()
+    loop.close()  # before it ran the delivery, or the cancellation
+    taken = Outcome(channel.blocking_receive, 5)
+    taken.thread.join(30)
+    assert taken.error is None and taken.value.payload == "m"
+    assert channel.stats().received == 1
 
 
 # -- wake-ups ---------------------------------------------------------------------

@@ -261,27 +261,36 @@ class InMemoryChannel(BaseChannel[T]):
         if not locked:
             self._busy -= 1
             return
-        post = bool(self._wakes) and not self._posted
-        if post:
-            self._posted = True
         loop = self._loop
-        if loop is None:  # (no task ever waited here: nothing to resolve)
-            post = False
+        post = dropped = False
+        if self._wakes and loop is not None:
+            if not self._posted:
+                post = self._posted = True
+            elif loop.is_closed():  # closed before it ran the delivery it was asked for
+                dropped = True
         self._lock.release()  # type: ignore[union-attr]
         if post:
             try:
                 loop.call_soon_threadsafe(self._deliver_wakes)  # type: ignore[union-attr]
             except RuntimeError:  # the loop is closed: its tasks will never run again
-                self._drop_wakes()
+                dropped = True
+        if dropped:
+            self._drop_wakes()
 
     def _drop_wakes(self) -> None:
-        """The loop of the recorded wake-ups is closed: hand on what was promised to its tasks."""
+        """The loop of the recorded wake-ups is closed: hand on what was promised to its tasks.
+
+        A promise handed on may go to another of its tasks, recorded again:
+        handed on again, here, until it reaches a thread or nobody.
+        """
         locked = self._enter()
         try:
-            wakes, self._wakes = self._wakes, []
+            self._loop = self._loop_thread = None  # it will never run again: nothing to post to
+            while self._wakes:
+                wakes, self._wakes = self._wakes, []
+                for _future, value, receiving in wakes:
+                    self._hand_on(value, receiving)
             self._posted = False
-            for _future, value, receiving in wakes:
-                self._hand_on(value, receiving)
         finally:
             self._leave(locked)
 
@@ -356,6 +365,9 @@ class InMemoryChannel(BaseChannel[T]):
         """
         if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
             raise not_a_message(message)
+        if get_ident() != self._owner:  # another thread's loop: the general path
+            await self._send_guarded(message)
+            return
         self._busy += 1  # an owner's section (see spark/nodes/_threads.py)
         if self._guarded and (  # bounded, closed or shared
             self._shared
@@ -399,16 +411,20 @@ class InMemoryChannel(BaseChannel[T]):
         """
         if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
             raise not_a_message(message)
-        if not self._shared and get_ident() != self._owner:
-            self._share()
-        self._busy += 1
-        if self._guarded and (
-            self._shared
-            or self._closed
-            or len(self._buffer) - self._receivers_woken + self._senders_woken >= self._maxsize
+        owner = get_ident() == self._owner
+        if owner:
+            self._busy += 1
+        if not owner or (
+            self._guarded
+            and (
+                self._shared
+                or self._closed
+                or len(self._buffer) - self._receivers_woken + self._senders_woken >= self._maxsize
+            )
         ):
-            self._busy -= 1
-            locked = self._enter()
+            if owner:
+                self._busy -= 1
+            locked = self._enter()  # (shares the channel first, for another thread)
             try:
                 if self._closed:
                     raise self._closed_error()
@@ -482,6 +498,10 @@ class InMemoryChannel(BaseChannel[T]):
         if future is None:
             locked = self._enter()
             try:
+                if self._closed:
+                    raise self._closed_error()
+                if not self._no_room():  # a thread made room since the caller looked
+                    return
                 future = self._park(self._senders)
             finally:
                 self._leave(locked)
@@ -535,6 +555,11 @@ class InMemoryChannel(BaseChannel[T]):
         Raises ``ChannelClosed`` once the channel is closed and drained. If
         cancelled, no message was taken.
         """
+        if get_ident() != self._owner:  # another thread's loop: the general path
+            message = await self._wait_for_message()
+            if self._observers:
+                await self._notify_observers(message, "receive")
+            return message
         self._busy += 1
         buffer = self._buffer
         if buffer and not self._receivers_woken and not self._shared:
@@ -562,14 +587,15 @@ class InMemoryChannel(BaseChannel[T]):
         Raises ``ChannelClosed`` instead once the channel is closed and
         drained. Works from any thread.
         """
-        if not self._shared and get_ident() != self._owner:
-            self._share()
-        self._busy += 1
-        if not self._shared:
-            locked = False
+        if get_ident() == self._owner:
+            self._busy += 1
+            if not self._shared:
+                locked = False
+            else:
+                self._busy -= 1
+                locked = self._enter()
         else:
-            self._busy -= 1
-            locked = self._enter()
+            locked = self._enter()  # (shares the channel first)
         try:
             buffer = self._buffer
             if buffer and not self._receivers_woken:  # the common case, as in receive()

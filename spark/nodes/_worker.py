@@ -16,6 +16,7 @@ made is always sent to through its ``send``.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Sequence
+from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 from . import _channels_py
@@ -170,6 +171,8 @@ class Route:
         message.metadata = metadata
         message.ack = None
         message.is_shutdown = False
+        if get_ident() != target._owner:
+            return False  # another thread's channel: the general path
         target._busy += 1  # an owner's section (see spark/nodes/_threads.py)
         try:
             if target._shared:  # shared since the check above
