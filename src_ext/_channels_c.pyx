@@ -18,6 +18,15 @@ cimport cython
 from cpython.dict cimport PyDict_Copy, PyDict_Update
 from cpython.object cimport PyObject, PyObject_GenericSetAttr, PyTypeObject
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New
+from cpython.pythread cimport (
+    NOWAIT_LOCK,
+    WAIT_LOCK,
+    PyThread_acquire_lock,
+    PyThread_allocate_lock,
+    PyThread_free_lock,
+    PyThread_release_lock,
+    PyThread_type_lock,
+)
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.ref cimport Py_DECREF, Py_INCREF, _Py_REFCNT
 
@@ -36,9 +45,7 @@ from spark.nodes._threads import (
     ThreadWaiter as _ThreadWaiter,
     check_timeout as _check_timeout,
     refuse_in_loop as _refuse_in_loop,
-    wait_for_owner as _wait_for_owner,
 )
-from threading import RLock as _RLock
 from spark.nodes._channel_base import (
     BaseChannel,
     ChannelClosed,
@@ -914,8 +921,29 @@ cdef inline int _enter(InMemoryChannel channel) except -1:
     elif channel._busy and spark_thread_id() == channel._owner:
         channel._busy += 1
         return SECTION_COUNTED
-    channel._lock.acquire()
+    _lock(channel)
     return SECTION_LOCKED
+
+
+cdef inline int _lock(InMemoryChannel channel) except -1:
+    """Take the channel's lock (again, if this thread holds it already)."""
+    cdef unsigned long me = spark_thread_id()
+    if channel._mutex_owner == me:  # (read under the GIL, as every write of it)
+        channel._mutex_depth += 1
+        return 0
+    if not PyThread_acquire_lock(channel._mutex, NOWAIT_LOCK):
+        with nogil:  # its holder may be waiting for the GIL
+            PyThread_acquire_lock(channel._mutex, WAIT_LOCK)
+    channel._mutex_owner = me
+    channel._mutex_depth = 1
+    return 0
+
+
+cdef inline void _release_lock(InMemoryChannel channel) noexcept:
+    channel._mutex_depth -= 1
+    if channel._mutex_depth == 0:
+        channel._mutex_owner = 0
+        PyThread_release_lock(channel._mutex)
 
 
 cdef inline int _leave(InMemoryChannel channel, int how) except -1:
@@ -930,12 +958,14 @@ cdef int _unlock(InMemoryChannel channel) except -1:
     """End a section that holds the lock (see _leave)."""
     cdef bint post = False, dropped = False
     loop = channel._loop
-    if PyList_GET_SIZE(channel._wakes) and loop is not None:
+    if PyList_GET_SIZE(channel._wakes):
         if not channel._posted:
-            post = channel._posted = True
-        elif loop.is_closed():  # closed before it ran the delivery it was asked for
+            channel._posted = True
+            post = loop is not None  # else its loop was closed (see _drop_wakes)
+            dropped = not post
+        elif loop is not None and loop.is_closed():  # closed before it delivered them
             dropped = True
-    channel._lock.release()
+    _release_lock(channel)
     if post:
         try:
             loop.call_soon_threadsafe(channel._deliver_wakes)
@@ -1222,12 +1252,14 @@ cdef class InMemoryChannel(_ObservedChannel):
     cdef object _create_future
     # Threads (see spark/nodes/_threads.py): the owner, its sections under
     # way, whether another thread has used the channel (then sections hold
-    # ``_lock``), and the futures of tasks woken by other threads, for the
+    # its lock, re-entrant), and the futures of tasks woken by other threads, for the
     # loop to resolve (``_posted`` once it was asked to).
     cdef unsigned long _owner
     cdef Py_ssize_t _busy
     cdef bint _shared
-    cdef object _lock
+    cdef PyThread_type_lock _mutex
+    cdef unsigned long _mutex_owner
+    cdef int _mutex_depth
     cdef list _wakes
     cdef bint _posted
 
@@ -1253,19 +1285,26 @@ cdef class InMemoryChannel(_ObservedChannel):
 
     cdef int _share(self) except -1:
         """Let threads other than the owner use the channel (once; see _threads.py)."""
+        cdef PyThread_type_lock mutex
         with _SHARING:
-            if self._lock is not None:
+            if self._mutex != NULL:
                 return 0
-            lock = _RLock()
-            lock.acquire()  # sections that see _shared wait until the owner's are done
-            self._lock = lock
+            mutex = PyThread_allocate_lock()
+            if mutex == NULL:
+                raise MemoryError("cannot allocate a lock for a channel used by threads")
+            self._mutex = mutex
+            _lock(self)  # sections that see _shared wait until the owner's are done
             self._shared = True
         try:
             while self._busy:
                 _sleep(0)  # the owner's sections are short and never block
         finally:
-            lock.release()
+            _release_lock(self)
         return 0
+
+    def __dealloc__(self):
+        if self._mutex != NULL:
+            PyThread_free_lock(self._mutex)
 
     def _deliver_wakes(self):
         """On the loop: resolve the futures of tasks woken by other threads."""
@@ -1288,6 +1327,7 @@ cdef class InMemoryChannel(_ObservedChannel):
             self._loop = None  # it will never run again: nothing to post to
             self._loop_thread = 0
             self._create_future = None
+            self._posted = True  # (sections nested below leave the recorded wake-ups to us)
             while self._wakes:  # a promise handed on may go to another of its tasks: again
                 wakes = self._wakes
                 self._wakes = []
@@ -1343,8 +1383,9 @@ cdef class InMemoryChannel(_ObservedChannel):
         """
         cdef _Op op = None
         cdef int how
-        _refuse_in_loop("blocking_send", "send")
-        deadline = _check_timeout(timeout)
+        if _get_running_loop_or_none() is not None:
+            _refuse_in_loop("blocking_send", "send")  # raises
+        deadline = None if timeout is None else _check_timeout(timeout)
         if not _is_message(message):
             raise not_a_message(message)
         how = _enter(self)
@@ -1378,8 +1419,9 @@ cdef class InMemoryChannel(_ObservedChannel):
         """
         cdef _Op op = None
         cdef int how
-        _refuse_in_loop("blocking_receive", "receive")
-        deadline = _check_timeout(timeout)
+        if _get_running_loop_or_none() is not None:
+            _refuse_in_loop("blocking_receive", "receive")  # raises
+        deadline = None if timeout is None else _check_timeout(timeout)
         message = None
         how = _enter(self)
         try:

@@ -561,13 +561,18 @@ async def test_producer_threads_into_one_task_lose_and_duplicate_nothing(impl):
                     return
             sent[k].append(i)
 
-    threads = [start_thread(produce, k) for k in range(THREADS)]
     rng = random.Random(99)
     received: list[list[int]] = [[] for _ in range(THREADS)]
     count = cancelled = 0
+    waiting = asyncio.ensure_future(channel.receive())  # one cancelled for sure, while it waits
+    await settle()
+    cancelled += waiting.cancel()
+    threads = [start_thread(produce, k) for k in range(THREADS)]
     while True:
         if count == closing_at:
             channel.close()
+        if count == closing_at // 2:
+            await asyncio.sleep(0.05)  # the channel fills up: producers time out
         receiving = asyncio.ensure_future(channel.receive())
         if rng.random() < 0.3:
             await asyncio.sleep(0)
@@ -582,7 +587,7 @@ async def test_producer_threads_into_one_task_lose_and_duplicate_nothing(impl):
         received[k].append(i)
         count += 1
     await join(*threads)
-    assert cancelled > 0 and sum(timeouts) > 0  # both kinds of giving up happened
+    assert cancelled > 0 and sum(timeouts) > 0, (cancelled, timeouts)  # both kinds happened
     for k in range(THREADS):
         assert received[k] == sent[k]  # nothing lost, duplicated or reordered
     assert count >= closing_at
@@ -608,12 +613,18 @@ async def test_one_task_into_consumer_threads_loses_and_duplicates_nothing(impl)
                 return
             received[k].append(message.payload)
 
-    threads = [start_thread(consume, k) for k in range(THREADS)]
     rng = random.Random(7)
     sent: list[int] = []
     cancelled = 0
     total = THREADS * PER_THREAD
-    i = 0
+    for i in range(64):  # full: the next send waits, and is cancelled
+        channel.send_nowait(impl.ChannelMessage(i))
+        sent.append(i)
+    i = 64
+    waiting = asyncio.ensure_future(channel.send(impl.ChannelMessage(i)))
+    await settle()
+    cancelled += waiting.cancel()
+    threads = [start_thread(consume, k) for k in range(THREADS)]
     while i < total:
         if i == total // 2 and len(sent) == i:
             await asyncio.sleep(0.01)  # let the consumers run dry and time out
@@ -631,7 +642,7 @@ async def test_one_task_into_consumer_threads_loses_and_duplicates_nothing(impl)
             break
     channel.close()  # midway: the consumers drain what is queued, then stop
     await join(*threads)
-    assert cancelled > 0 and sum(timeouts) > 0
+    assert cancelled > 0 and sum(timeouts) > 0, (cancelled, timeouts)
     everything = sorted(p for taken in received for p in taken)
     assert everything == sent  # nothing lost or duplicated
     for taken in received:

@@ -263,10 +263,12 @@ class InMemoryChannel(BaseChannel[T]):
             return
         loop = self._loop
         post = dropped = False
-        if self._wakes and loop is not None:
+        if self._wakes:
             if not self._posted:
-                post = self._posted = True
-            elif loop.is_closed():  # closed before it ran the delivery it was asked for
+                self._posted = True
+                post = loop is not None  # else its loop was closed (see _drop_wakes)
+                dropped = not post
+            elif loop is not None and loop.is_closed():  # closed before it delivered them
                 dropped = True
         self._lock.release()  # type: ignore[union-attr]
         if post:
@@ -286,6 +288,7 @@ class InMemoryChannel(BaseChannel[T]):
         locked = self._enter()
         try:
             self._loop = self._loop_thread = None  # it will never run again: nothing to post to
+            self._posted = True  # (sections nested below leave the recorded wake-ups to us)
             while self._wakes:
                 wakes, self._wakes = self._wakes, []
                 for _future, value, receiving in wakes:
