@@ -2,18 +2,24 @@
 
 A channel starts *unshared*: only the thread that created it (its owner)
 touches its state, with no lock, and each of the owner's sections is
-counted in ``_busy`` while it runs. The first call from another thread
-*shares* it: under `SHARING` it raises ``_shared``, then waits until no
-owner section is under way (``_busy == 0``). From then on every section,
-on any thread, holds the channel's lock. An owner section raises ``_busy``
+counted in ``_busy`` while it runs. Every operation checks its thread;
+the first one on another thread *shares* the channel (once, under
+`SHARING`): it makes the channel's lock, takes it, raises ``_shared``, and
+waits, holding the lock, until no owner section is under way
+(``_busy == 0``). From then on every section, on any thread, holds the
+lock (re-entrant; a section nested in an owner section begun before the
+sharing goes on unlocked, as it began). An owner section raises ``_busy``
 before it reads ``_shared`` and the sharing thread raises ``_shared``
 before it reads ``_busy``; as threads run one at a time under the GIL, one
 of them sees the other, so no unlocked section overlaps a locked one.
 
-A coroutine blocked on the channel waits on a loop future, which only its
-loop's thread may resolve: a section on another thread records the wake-up
-(the promise is counted at once), and the loop resolves all recorded ones
-in one callback, scheduled once per batch with ``call_soon_threadsafe``.
+A task blocked on the channel waits on a loop future, which only its
+loop's thread may resolve: a section on another thread records the
+wake-up (the promise is counted at once), and the loop resolves all that
+were recorded in one callback, scheduled once per batch with
+``call_soon_threadsafe``. If the loop closes first, the promises are
+handed on to the next waiters. A blocked thread waits on a `ThreadWaiter`
+in the same queue as the tasks' futures.
 """
 
 from __future__ import annotations
