@@ -471,24 +471,41 @@ class InMemoryChannel(BaseChannel[T]):
         finally:
             self._leave(locked)
         if waiter is not None:
-            try:
-                waiter.wait(deadline)
-            except BaseException:  # KeyboardInterrupt, say: the thread sends nothing
-                self._abandon_sender(waiter)
-                raise
+            self._wait_in_thread(waiter, deadline, receiving=False)
             locked = self._enter()
             try:
-                if not waiter.done():
-                    _discard(self._senders, waiter)
-                    raise TimeoutError(
-                        f"channel {self._name!r} stayed full for {timeout} s; "
-                        "the message was not sent"
-                    )
+                self._end_thread_wait(waiter, timeout, receiving=False)
                 self._take_room(waiter.result(), message)
             finally:
                 self._leave(locked)
         if self._observers:
             self._notify_observers_nowait(message, "send", self._loop)
+
+    def _wait_in_thread(
+        self, waiter: ThreadWaiter, deadline: float | None, receiving: bool
+    ) -> None:
+        """Block a thread on its queued waiter; if that raises (KeyboardInterrupt), withdraw it."""
+        try:
+            waiter.wait(deadline)
+        except BaseException:  # the thread sends or takes nothing; a promise goes on
+            if receiving:
+                self._abandon_receiver(waiter)
+            else:
+                self._abandon_sender(waiter)
+            raise
+
+    def _end_thread_wait(self, waiter: ThreadWaiter, timeout: object, receiving: bool) -> None:
+        """A blocked thread's turn (inside a section): TimeoutError, withdrawn, if not woken."""
+        if waiter.done():
+            return
+        _discard(self._receivers if receiving else self._senders, waiter)
+        if receiving:
+            raise TimeoutError(
+                f"channel {self._name!r} stayed empty for {timeout} s; nothing was received"
+            )
+        raise TimeoutError(
+            f"channel {self._name!r} stayed full for {timeout} s; the message was not sent"
+        )
 
     async def _wait_for_room(
         self, future: asyncio.Future[Any] | None = None, message: ChannelMessage[T] | None = None
@@ -634,31 +651,20 @@ class InMemoryChannel(BaseChannel[T]):
         deadline = check_timeout(timeout)
         locked = self._enter()
         try:
-            if len(self._buffer) > self._receivers_woken:
-                message: ChannelMessage[T] | None = self._take_queued()
-                if self._senders:
-                    self._wake_senders()
-                waiter = None
-            elif self._closed:
-                raise self._closed_error()
-            else:
-                message, waiter = None, ThreadWaiter()
+            message = self._take_free()
+            waiter = None
+            if message is None:
+                if self._closed:
+                    raise self._closed_error()
+                waiter = ThreadWaiter()
                 self._receivers.append(waiter)
         finally:
             self._leave(locked)
         if waiter is not None:
-            try:
-                waiter.wait(deadline)
-            except BaseException:  # KeyboardInterrupt, say: the thread takes nothing
-                self._abandon_receiver(waiter)
-                raise
+            self._wait_in_thread(waiter, deadline, receiving=True)
             locked = self._enter()
             try:
-                if not waiter.done():
-                    _discard(self._receivers, waiter)
-                    raise TimeoutError(
-                        f"channel {self._name!r} stayed empty for {timeout} s; nothing was received"
-                    )
+                self._end_thread_wait(waiter, timeout, receiving=True)
                 if waiter.result() is None:
                     raise self._closed_error()
                 message = self._take_promised()
@@ -725,10 +731,8 @@ class InMemoryChannel(BaseChannel[T]):
         """
         locked = self._enter()
         try:
-            if len(self._buffer) > self._receivers_woken:
-                message = self._take_queued()
-                if self._senders:
-                    self._wake_senders()
+            message = self._take_free()
+            if message is not None:
                 return message
             if self._closed:
                 raise self._closed_error()
@@ -793,6 +797,18 @@ class InMemoryChannel(BaseChannel[T]):
             self._wake_receivers()
         finally:
             self._leave(locked)
+
+    def _take_free(self) -> ChannelMessage[T] | None:
+        """The oldest queued message, taken and its room promised on; None if none is queued.
+
+        (Inside a section.)
+        """
+        if len(self._buffer) <= self._receivers_woken:
+            return None
+        message = self._take_queued()
+        if self._senders:
+            self._wake_senders()
+        return message
 
     def _take_queued(self) -> ChannelMessage[T]:
         """Dequeue the oldest message while more are buffered than promised."""

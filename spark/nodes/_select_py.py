@@ -163,12 +163,7 @@ def _take_queued(inner: InMemoryChannel[Any]) -> Any:
     """The oldest queued message of ``inner``, taken; None if none is queued."""
     locked = inner._enter()
     try:
-        if len(inner._buffer) > inner._receivers_woken:
-            message = inner._take_queued()
-            if inner._senders:
-                inner._wake_senders()
-            return message
-        return None
+        return inner._take_free()
     finally:
         inner._leave(locked)
 
