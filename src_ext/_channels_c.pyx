@@ -1340,6 +1340,18 @@ cdef class InMemoryChannel(_ObservedChannel):
             _leave(self, how)
         return 0
 
+    cdef object _take_free(self):
+        """The oldest queued message, taken and its room promised on; None if none is queued.
+
+        (Inside a section.)
+        """
+        if self._buffer.count <= self._receivers_woken:
+            return None
+        message = self._dequeue()
+        if self._senders.count:
+            self._wake_senders()
+        return message
+
     cdef _Op _park_thread(self, _Ring waiters, int kind):
         """A blocked thread's op, queued last in ``waiters`` (inside a section)."""
         cdef _Op op = _Op.__new__(_Op)
@@ -1425,13 +1437,10 @@ cdef class InMemoryChannel(_ObservedChannel):
         message = None
         how = _enter(self)
         try:
-            if self._buffer.count > self._receivers_woken:
-                message = self._dequeue()
-                if self._senders.count:
-                    self._wake_senders()
-            elif self._closed:
-                raise self._closed_error()
-            else:
+            message = self._take_free()
+            if message is None:
+                if self._closed:
+                    raise self._closed_error()
                 op = self._park_thread(self._receivers, OP_RECEIVE)
         finally:
             _leave(self, how)

@@ -458,12 +458,7 @@ cdef object _take_queued(InMemoryChannel inner):
     """The oldest queued message of ``inner``, taken; None if none is queued."""
     cdef int how = _enter(inner)
     try:
-        if inner._buffer.count <= inner._receivers_woken:
-            return None
-        message = inner._dequeue()
-        if inner._senders.count:
-            inner._wake_senders()
-        return message
+        return inner._take_free()
     finally:
         _leave(inner, how)
 
