@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING
 
 from spark.nodes import Edge, Node
 
@@ -10,6 +11,9 @@ from ._result import RunResult
 from ._run import ChannelFactory, GraphRun
 from ._task import Task
 from .event_bus import GraphEventBus
+
+if TYPE_CHECKING:
+    from spark.observability import NodeInstrumentation
 
 __all__ = ["Graph"]
 
@@ -29,6 +33,9 @@ class Graph:
     can ``publish_event`` and ``subscribe_event``. It outlives the runs:
     a run neither closes it nor empties its replay buffer.
     """
+
+    _instrumentation: NodeInstrumentation | None = None
+    """Set by ``spark.observability.instrument(graph)``: applied to the nodes of each run."""
 
     def __init__(
         self,
@@ -97,9 +104,13 @@ class Graph:
             raise TypeError(f"run() takes a Task, got {type(task).__name__}")
         if self._run is not None:
             raise RuntimeError("this graph is already running; await that run or call stop()")
-        self._run = GraphRun(
-            self._discover(), self._start, task, self._channel_factory, self._event_bus
-        )
+        nodes = self._discover()
+        instrumentation = self._instrumentation
+        if instrumentation is not None:  # nodes connected since instrument(graph) join in
+            for node in nodes:
+                if "_instrumentation" not in node.__dict__:
+                    node._instrumentation = instrumentation
+        self._run = GraphRun(nodes, self._start, task, self._channel_factory, self._event_bus)
         try:
             return await self._run.execute()
         finally:

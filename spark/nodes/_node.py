@@ -24,6 +24,7 @@ from .config import NodeConfig
 
 if TYPE_CHECKING:
     from spark.graphs.event_bus import EventSubscription, GraphEventBus
+    from spark.observability import NodeInstrumentation
 
 __all__ = ["Node", "NodeStats", "RunBinding"]
 
@@ -109,6 +110,9 @@ class Node:
 
     event_bus: GraphEventBus | None = None
     """The event bus the node publishes to and subscribes on; a graph attaches its own."""
+
+    _instrumentation: NodeInstrumentation | None = None
+    """Set by ``spark.observability.instrument()``: traces the default loop and ``emit``."""
 
     def __init__(
         self,
@@ -295,6 +299,9 @@ class Node:
         custom_emit = type(self).emit is not Node.emit
         compiled = compiled_loop(self)
         try:
+            if self._instrumentation is not None:  # the same steps, each message in a span
+                await self._instrumentation.run_worker(self, shutdowns, custom_emit)
+                return
             if compiled is not None:  # the same steps, in C
                 await compiled(self, self._state, self.mailbox, shutdowns, custom_emit)
                 return
@@ -392,8 +399,13 @@ class Node:
 
         The metadata holds ``source_node``, a ``trace_id`` (``parent``'s, or
         a new one) and ``timestamp`` (``time.monotonic()``). In a graph run,
-        what a sink node emits becomes an output of the run.
+        what a sink node emits becomes an output of the run. With
+        ``spark.observability`` instrumentation on, it also holds the current
+        trace context (``traceparent``), and ``trace_id`` is its trace id.
         """
+        if self._instrumentation is not None:
+            await self._instrumentation.emit(self, payload, parent)
+            return
         outgoing = routes(self._outgoing_channels())
         if not outgoing:
             self._output(payload)
@@ -544,13 +556,16 @@ class Node:
         )
         if dead_letter is None:
             return
-        failed = message.clone(
-            metadata={
-                "error": f"{type(error).__name__}: {error}",
-                "error_type": type(error).__qualname__,
-                "failed_node": self._id,
-            }
-        )
+        metadata = {
+            "error": f"{type(error).__name__}: {error}",
+            "error_type": type(error).__qualname__,
+            "failed_node": self._id,
+        }
+        if self._instrumentation is not None:  # points at the failed span
+            from spark.observability._propagation import trace_headers
+
+            metadata.update(trace_headers())
+        failed = message.clone(metadata=metadata)
         try:
             await dead_letter.send(failed)
         except ChannelClosed:
