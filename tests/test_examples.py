@@ -66,6 +66,18 @@ def run_script(name: str) -> str:
                 "every subscription is closed and drained",
             ],
         ),
+        (
+            "tracing",
+            [
+                "span ended: parse    trace ",
+                "status: completed, outputs: ['stored apple for ada', 'stored pear for ada']",
+                "    request (",
+                "        parse (",
+                "            enrich (",
+                "                store (",
+                "ERROR ValueError: no such order",
+            ],
+        ),
     ],
 )
 def test_example_runs_as_a_script(name: str, expected: list[str]) -> None:
@@ -87,6 +99,23 @@ async def test_long_running_pipeline_example() -> None:
     assert last == {"processed": {"processed": {"processed": {"data": "initial"}}}}
     assert default.status is RunStatus.COMPLETED
     assert len(default.outputs) == 3
+
+
+@pytest.mark.usefixtures("node_build")
+async def test_tracing_example(capsys: pytest.CaptureFixture[str]) -> None:
+    spans = await load("tracing").main()
+    names = {span.context.span_id: span.name for span in spans}
+    chains = sorted(
+        (names[span.parent.span_id] if span.parent else "", span.name) for span in spans
+    )
+    assert chains == sorted(
+        [("", "request")] * 3
+        + [("request", "parse")] * 3
+        + [("parse", "enrich")] * 3
+        + [("enrich", "store")] * 2
+    )
+    assert len({span.context.trace_id for span in spans}) == 3
+    assert "stored pear for ada" in capsys.readouterr().out
 
 
 @pytest.mark.timeout_s(60)

@@ -167,6 +167,8 @@ def runs_in(scenario: Scenario, contender: Contender) -> bool:
     """Whether ``contender`` takes part in ``scenario``."""
     if scenario.channels_only and not contender.is_channel:
         return False
+    if scenario.requires is not None and not _installed(scenario.requires):
+        return False
     if scenario.threads:
         return contender.threads
     return not contender.threads_only
@@ -198,6 +200,8 @@ class Scenario:
     """Only our builds can run it (observers, forwarding, envelopes)."""
     threads: bool = False
     """It moves messages between a thread and the loop (contenders with a thread side)."""
+    requires: str | None = None
+    """A module it needs (an optional dependency); without it, the scenario runs for no one."""
 
 
 def _lost(received: Any, expected: Any) -> AssertionError:
@@ -534,6 +538,46 @@ async def graph_user(contender: Contender, messages: Sequence[Any]) -> None:
     if not contender.is_channel:
         await _hand_written_stages(contender, messages)
         return
+    await _three_nodes(contender, messages, instrumented=False)
+
+
+_otel: dict[str, Any] = {}
+
+
+def _otel_providers() -> tuple[Any, Any]:
+    """An SDK tracer provider exporting in batches to nowhere, and a meter provider nobody reads.
+
+    What production pays: every span is recorded and queued for export (a
+    thread hands the batches to an exporter that drops them), every metric
+    point aggregated. Made once, shared by every run.
+    """
+    if not _otel:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+
+        class Discard(SpanExporter):
+            def export(self, spans: Any) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
+
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(BatchSpanProcessor(Discard()))
+        _otel["tracer_provider"] = tracer_provider
+        _otel["meter_provider"] = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    return _otel["tracer_provider"], _otel["meter_provider"]
+
+
+async def graph_user_otel(contender: Contender, messages: Sequence[Any]) -> None:
+    """``graph_user`` with ``spark.observability.instrument()`` on its three nodes."""
+    await _three_nodes(contender, messages, instrumented=True)
+
+
+async def _three_nodes(contender: Contender, messages: Sequence[Any], instrumented: bool) -> None:
     from spark.graphs import Graph, Task, TaskType
 
     module = contender.module
@@ -544,6 +588,11 @@ async def graph_user(contender: Contender, messages: Sequence[Any]) -> None:
             kind(mailbox=module.InMemoryChannel(maxsize=100)) for kind in (Parse, Enrich, Store)
         ]
     nodes[0] >> nodes[1] >> nodes[2]
+    if instrumented:
+        from spark.observability import instrument
+
+        tracer_provider, meter_provider = _otel_providers()
+        instrument(nodes, tracer_provider=tracer_provider, meter_provider=meter_provider)
     inputs = [*messages, module.ChannelMessage(None, is_shutdown=True)]
     result = await Graph(start=nodes[0]).run(Task(inputs=inputs, type=TaskType.LONG_RUNNING))
     outputs = result.outputs
@@ -823,6 +872,16 @@ SCENARIOS: dict[str, Scenario] = {
             "(others: the same 3 stages written by hand)",
         ),
         Scenario(
+            "graph-user-otel",
+            graph_user_otel,
+            "graph-user with spark.observability.instrument() on its 3 nodes: a span per node "
+            "and message (SDK, batch export), node and channel metrics; the added ns / 3 is "
+            "the cost per node",
+            baseline="uninstrumented graph",
+            channels_only=True,
+            requires="opentelemetry.sdk",
+        ),
+        Scenario(
             "graph-3",
             graph_3,
             "a three-node long-running graph (others: three hand-written stages)",
@@ -836,5 +895,6 @@ BASELINE_RUNS: dict[str, ScenarioRun] = {
     "plain payloads": plain_payloads,
     "plain batch": plain_batch,
     "dataclass": create_dataclass,
+    "uninstrumented graph": graph_user,
 }
 """How to measure the baselines that are not a contender."""
