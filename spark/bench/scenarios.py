@@ -566,7 +566,8 @@ def _otel_providers() -> tuple[Any, Any]:
                 return SpanExportResult.SUCCESS
 
         tracer_provider = TracerProvider()
-        tracer_provider.add_span_processor(BatchSpanProcessor(Discard()))
+        # A queue that holds a whole run's spans: none is dropped unexported.
+        tracer_provider.add_span_processor(BatchSpanProcessor(Discard(), max_queue_size=1 << 16))
         _otel["tracer_provider"] = tracer_provider
         _otel["meter_provider"] = MeterProvider(metric_readers=[InMemoryMetricReader()])
     return _otel["tracer_provider"], _otel["meter_provider"]
