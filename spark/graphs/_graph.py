@@ -109,7 +109,7 @@ class Graph:
         if instrumentation is not None:  # nodes connected since instrument(graph) join in
             for node in nodes:
                 if "_instrumentation" not in node.__dict__:
-                    node._instrumentation = instrumentation
+                    instrumentation.adopt(node)
         self._run = GraphRun(nodes, self._start, task, self._channel_factory, self._event_bus)
         try:
             return await self._run.execute()

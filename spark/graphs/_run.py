@@ -445,6 +445,10 @@ def _remove_stale_shutdowns(mailbox: BaseChannel[Any]) -> int:
     if stats.size == 0 or stats.closed or stats.senders_waiting or stats.receivers_waiting:
         return stats.size
     kept: list[ChannelMessage[Any]] = []
+    # Housekeeping, not traffic: the observers do not see the messages go round.
+    observers = mailbox.observers
+    for observer in observers:
+        mailbox.remove_observer(observer)
     try:
         while True:
             message = mailbox.receive_nowait()
@@ -452,6 +456,9 @@ def _remove_stale_shutdowns(mailbox: BaseChannel[Any]) -> int:
                 kept.append(message)
     except (asyncio.QueueEmpty, ChannelClosed, NotImplementedError):
         pass
-    for message in kept:
-        mailbox.send_nowait(message)
+    finally:
+        for message in kept:
+            mailbox.send_nowait(message)
+        for observer in observers:
+            mailbox.add_observer(observer)
     return len(kept)

@@ -299,9 +299,11 @@ class Node:
         custom_emit = type(self).emit is not Node.emit
         compiled = compiled_loop(self)
         try:
-            if self._instrumentation is not None:  # the same steps, each message in a span
-                await self._instrumentation.run_worker(self, shutdowns, custom_emit)
-                return
+            instrumentation = self._instrumentation
+            while instrumentation is not None:  # the same steps, each message in a span
+                if not await instrumentation.run_worker(self, shutdowns, custom_emit):
+                    return
+                instrumentation = self._instrumentation  # changed: go on with the new loop
             if compiled is not None:  # the same steps, in C
                 await compiled(self, self._state, self.mailbox, shutdowns, custom_emit)
                 return

@@ -22,53 +22,64 @@ CHANNEL_NAME = "channel.name"
 
 _SCOPE = "spark.observability"
 _REDIS_STREAM_ID = "redis_stream_id"  # spark.backends._stream_py.METADATA_STREAM_ID
-# The in-process channels: a receive hands on the envelope that was sent, and
-# qsize() is the size stats() reports, read without entering the channel (a
-# collection from another thread must not make the channel shared).
-_IN_PROCESS = (
-    InMemoryChannel,
-    ForwardingChannel,
-    _channels_py.InMemoryChannel,
-    _channels_py.ForwardingChannel,
-)
+# A receive hands on the very envelope that was sent: sends can be timed.
+_TIMED = (InMemoryChannel, _channels_py.InMemoryChannel)
+# qsize() is the size stats() reports, and is read without entering the
+# channel: a collection from another thread must not make the channel shared.
+# The depth of other channels is read (from stats()) at each send and receive.
+_READ_AT_COLLECTION = (*_TIMED, ForwardingChannel, _channels_py.ForwardingChannel)
+
+
+class _Record:
+    """What is known of one channel, shared by the ``ChannelMetrics`` of one meter provider."""
+
+    __slots__ = ("attributes", "channel", "depth", "in_flight", "observer", "received", "sent")
+
+    def __init__(self, channel: weakref.ref[BaseChannel[Any]], name: str) -> None:
+        self.channel = channel
+        self.attributes = {CHANNEL_NAME: name}
+        self.sent = 0
+        self.received = 0
+        self.depth: int | None = None
+        """The last size read on the channel's side; None when read at collection or unknown."""
+        self.observer: weakref.ref[ChannelMetrics] | None = None
+        """The ``ChannelMetrics`` that counts this channel (one, however many observe it)."""
+        # id(message) -> (message, perf_counter() at its send), oldest first.
+        self.in_flight: OrderedDict[int, tuple[Any, float]] = OrderedDict()
 
 
 class ChannelMetrics:
     """An observer recording, per channel (attribute ``channel.name``):
 
     * ``spark.channel.messages.sent`` and ``spark.channel.messages.received``
-      (counters, ``{message}``): the ``send`` and ``receive`` phases it sees;
-    * ``spark.channel.depth`` (observable gauge, ``{message}``): the size
-      ``stats()`` reports, read at each collection;
+      (counters, ``{message}``): the ``send`` and ``receive`` phases it sees,
+      shutdown messages included (as ``stats()`` counts them);
+    * ``spark.channel.depth`` (gauge, ``{message}``): the size ``stats()``
+      reports; read at each collection for in-memory and forwarding
+      channels, as of the last send or receive for the others;
     * ``spark.channel.time_in_channel`` (histogram, seconds): from the send
-      to the receive of the same message. Timed are the messages this
-      observer saw sent into an in-memory or forwarding channel and then
-      received from it (at most ``max_timed`` in flight, the oldest
-      forgotten first), and the messages read from a Redis stream, timed
-      from the entry's id (the server's clock at ``XADD``, in
-      milliseconds), which works across processes.
+      to the receive of the same message, for the messages it saw sent into
+      an ``InMemoryChannel`` and then received from it (at most
+      ``max_timed`` in flight per channel, the oldest forgotten first), and
+      for the messages read from a Redis stream, timed from the entry's id
+      (the server's clock at ``XADD``, in milliseconds), which works across
+      processes.
 
-    Add it to channels with ``attach(channel)`` (which also makes the depth
-    reported before the first message) or pass it among a channel's
-    ``observers``. One instance serves any number of channels, from any
-    thread.
+    Add it to channels with ``attach(channel)`` (which also reports the
+    depth before the first message) or among a channel's ``observers``. One
+    instance serves any number of channels, from any thread. The counts
+    belong to the channel, not to the observer: every ``ChannelMetrics`` of
+    a meter provider adds to the same series, a channel is counted once
+    however many observe it, and its counters never go back while it lives
+    (its series end when it is garbage collected).
     """
 
     def __init__(self, meter_provider: MeterProvider | None = None, *, max_timed: int = 100_000):
         if isinstance(max_timed, bool) or not isinstance(max_timed, int) or max_timed < 0:
             raise ValueError(f"max_timed must be an int >= 0, got {max_timed!r}")
-        instruments = _Instruments.of(meter_provider)
-        instruments.users.add(self)
-        self._time_in_channel = instruments.time_in_channel
+        self._instruments = _Instruments.of(meter_provider)
+        self._time_in_channel = self._instruments.time_in_channel
         self._max_timed = max_timed
-        self._lock = threading.Lock()
-        self._channels: weakref.WeakSet[BaseChannel[Any]] = weakref.WeakSet()
-        # Per channel name: its attributes, then how many sends and receives were seen.
-        # They are kept here, a few ns a message, and handed to the SDK at each
-        # collection (observable counters: cumulative, monotonic).
-        self._counts: dict[str, list[Any]] = {}
-        # (id(channel), id(message)) -> (message, perf_counter() at its send), oldest first.
-        self._in_flight: OrderedDict[tuple[int, int], tuple[Any, float]] = OrderedDict()
 
     def attach(self, channel: BaseChannel[Any]) -> BaseChannel[Any]:
         """Observe ``channel`` (once, however often called) and report its depth; return it."""
@@ -76,101 +87,112 @@ class ChannelMetrics:
             raise TypeError(f"attach() takes a channel, got {type(channel).__name__}")
         if self not in channel.observers:
             channel.add_observer(self)
-        self._channels.add(channel)
+        self._record(channel)
         return channel
 
     def detach(self, channel: BaseChannel[Any]) -> None:
-        """Stop observing ``channel``; its depth is no longer reported."""
+        """Stop observing ``channel``; its counters keep their values, its depth is dropped."""
         if self in channel.observers:
             channel.remove_observer(self)
-        self._channels.discard(channel)
-        with self._lock:
-            for key in [key for key in self._in_flight if key[0] == id(channel)]:
-                del self._in_flight[key]
+        self._instruments.release(channel, self)
 
     def __call__(self, message: Any, channel: BaseChannel[Any], phase: str) -> None:
         """Record one ``send`` or ``receive`` of ``message`` on ``channel``."""
-        name = channel.name
-        with self._lock:
-            counts = self._counts.get(name)
-            if counts is None:
-                counts = self._counts[name] = [{CHANNEL_NAME: name}, 0, 0]
-                self._channels.add(channel)
+        record = self._instruments.records.get(id(channel))
+        if record is None or record.observer is None or record.observer() is not self:
+            record = self._record(channel)
+            if record.observer is None or record.observer() is not self:
+                return  # another ChannelMetrics counts this channel
+        sent = None
+        with self._instruments.lock:
             if phase == "send":
-                counts[1] += 1
-                if self._max_timed and isinstance(channel, _IN_PROCESS):
-                    in_flight = self._in_flight
-                    in_flight[id(channel), id(message)] = (message, time.perf_counter())
+                record.sent += 1
+                if self._max_timed and isinstance(channel, _TIMED):
+                    in_flight = record.in_flight
+                    in_flight[id(message)] = (message, time.perf_counter())
                     if len(in_flight) > self._max_timed:
                         in_flight.popitem(last=False)
+            elif phase == "receive":
+                record.received += 1
+                if record.in_flight:
+                    sent = record.in_flight.pop(id(message), None)
+            else:
                 return
-            if phase != "receive":
-                return
-            counts[2] += 1
-            sent = (
-                self._in_flight.pop((id(channel), id(message)), None) if self._in_flight else None
-            )
-        waited = self._waited(message, sent)
-        if waited is not None:
-            self._time_in_channel.record(waited, counts[0])
+        if record.depth is not None:
+            record.depth = _size(channel)
+        if phase == "receive":
+            waited = _waited(message, sent)
+            if waited is not None:
+                self._time_in_channel.record(waited, record.attributes)
 
-    def _waited(self, message: Any, sent: tuple[Any, float] | None) -> float | None:
-        """Seconds since ``message`` was sent (``sent``: when this observer saw it), if known."""
-        if sent is not None and sent[0] is message:
-            return time.perf_counter() - sent[1]
-        metadata = getattr(message, "metadata", None)
-        entry_id = metadata.get(_REDIS_STREAM_ID) if isinstance(metadata, dict) else None
-        if isinstance(entry_id, str):
-            milliseconds, _, _ = entry_id.partition("-")
-            if milliseconds.isdigit():
-                return max(0.0, time.time() - int(milliseconds) / 1000)
-        return None
+    def _record(self, channel: BaseChannel[Any]) -> _Record:
+        """``channel``'s record, counted by this observer unless another live one does."""
+        return self._instruments.claim(channel, self)
 
-    def _totals(self, into: dict[str, list[int]]) -> None:
-        """Add this observer's sent and received counts, per channel name, to ``into``."""
-        with self._lock:
-            for name, (_, sent, received) in self._counts.items():
-                totals = into.setdefault(name, [0, 0])
-                totals[0] += sent
-                totals[1] += received
+    def __deepcopy__(self, memo: dict[int, Any]) -> ChannelMetrics:
+        """A copied channel keeps its observers: the copy is observed by this same instance."""
+        return self
 
-    def _depths(self, into: dict[str, int]) -> None:
-        """Add the depth of each channel observed, per channel name, to ``into``."""
-        for channel in list(self._channels):
-            try:
-                if isinstance(channel, _IN_PROCESS):
-                    size = channel.qsize()
-                else:
-                    size = channel.stats().size
-            except NotImplementedError:
-                continue
-            into[channel.name] = into.get(channel.name, 0) + size
+    def __copy__(self) -> ChannelMetrics:
+        return self
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a ChannelMetrics cannot be pickled (it reports to this process's meter provider); "
+            "detach it first, and attach a new one in the other process"
+        )
 
     def __repr__(self) -> str:
-        return f"<ChannelMetrics channels={len(self._channels)}>"
+        return f"<ChannelMetrics max_timed={self._max_timed}>"
+
+
+def _size(channel: BaseChannel[Any]) -> int | None:
+    try:
+        return channel.stats().size
+    except NotImplementedError:
+        return None
+
+
+def _waited(message: Any, sent: tuple[Any, float] | None) -> float | None:
+    """Seconds since ``message`` was sent (``sent``: when it was seen sent), if known."""
+    if sent is not None and sent[0] is message:
+        return time.perf_counter() - sent[1]
+    metadata = getattr(message, "metadata", None)
+    entry_id = metadata.get(_REDIS_STREAM_ID) if isinstance(metadata, dict) else None
+    if isinstance(entry_id, str):
+        milliseconds, _, _ = entry_id.partition("-")
+        if milliseconds.isdigit():
+            return max(0.0, time.time() - int(milliseconds) / 1000)
+    return None
 
 
 class _Instruments:
-    """The instruments of one meter provider, shared by every ``ChannelMetrics`` made with it.
+    """The instruments of one meter provider and the records of the channels they report.
 
     The SDK keeps the first instrument registered under a name (with its
-    callbacks) and hands it back for later ones; so the observable
-    instruments are made once per provider, and their callbacks ask every
-    live ``ChannelMetrics`` of that provider, adding up per channel name.
+    callbacks) and hands it back for later ones; so the instruments are made
+    once per provider, shared by every ``ChannelMetrics`` made with it.
     """
 
     @classmethod
     def of(cls, meter_provider: MeterProvider | None) -> _Instruments:
-        provider = metrics.get_meter_provider() if meter_provider is None else meter_provider
+        # The global provider is one key, whether it was set yet or not (the
+        # API's stand-in forwards to the provider set later).
         with _INSTRUMENTS_LOCK:
-            instruments = _INSTRUMENTS.get(provider)
+            if meter_provider is None or meter_provider is metrics.get_meter_provider():
+                if not _GLOBAL:
+                    _GLOBAL.append(cls(meter_provider))
+                return _GLOBAL[0]
+            instruments = _BY_PROVIDER.get(meter_provider)
             if instruments is None:
-                instruments = _INSTRUMENTS[provider] = cls(provider)
+                instruments = _BY_PROVIDER[meter_provider] = cls(meter_provider)
             return instruments
 
-    def __init__(self, provider: MeterProvider) -> None:
-        meter = provider.get_meter(_SCOPE)
-        self.users: weakref.WeakSet[ChannelMetrics] = weakref.WeakSet()
+    def __init__(self, meter_provider: MeterProvider | None) -> None:
+        meter = metrics.get_meter(_SCOPE, meter_provider=meter_provider)
+        self.lock = threading.Lock()
+        self.records: dict[int, _Record] = {}
+        """Per ``id(channel)``, while the channel lives."""
         self.time_in_channel = meter.create_histogram(
             "spark.channel.time_in_channel",
             unit="s",
@@ -195,24 +217,70 @@ class _Instruments:
             description="Messages buffered in the channel",
         )
 
-    def _totals(self) -> dict[str, list[int]]:
-        totals: dict[str, list[int]] = {}
-        for user in list(self.users):
-            user._totals(totals)
-        return totals
+    def claim(self, channel: BaseChannel[Any], observer: ChannelMetrics) -> _Record:
+        """``channel``'s record; ``observer`` counts it unless another live observer does."""
+        key = id(channel)
+        with self.lock:
+            record = self.records.get(key)
+            if record is None or record.channel() is not channel:
+                records = self.records
+
+                def forget(_: object, key: int = key) -> None:
+                    with self.lock:
+                        stale = records.get(key)
+                        if stale is not None and stale.channel() is None:
+                            del records[key]
+
+                record = self.records[key] = _Record(weakref.ref(channel, forget), channel.name)
+            if record.observer is None or record.observer() is None:
+                record.observer = weakref.ref(observer)
+        if record.observer() is observer and not isinstance(channel, _READ_AT_COLLECTION):
+            record.depth = _size(channel)
+        return record
+
+    def release(self, channel: BaseChannel[Any], observer: ChannelMetrics) -> None:
+        """``observer`` stops counting ``channel``: its depth goes, its counts stay."""
+        with self.lock:
+            record = self.records.get(id(channel))
+            if record is not None and record.observer is not None:
+                if record.observer() is observer:
+                    record.observer = None
+                    record.in_flight.clear()
+                    record.depth = None
+
+    def _live(self) -> list[tuple[_Record, BaseChannel[Any]]]:
+        with self.lock:
+            records = list(self.records.values())
+        return [(r, c) for r in records if (c := r.channel()) is not None]
+
+    def _totals(self, field: str) -> list[Observation]:
+        totals: dict[str, int] = {}
+        for record, _ in self._live():
+            name = record.attributes[CHANNEL_NAME]
+            totals[name] = totals.get(name, 0) + getattr(record, field)
+        return [Observation(total, {CHANNEL_NAME: name}) for name, total in totals.items()]
 
     def _observe_sent(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(t[0], {CHANNEL_NAME: name}) for name, t in self._totals().items()]
+        return self._totals("sent")
 
     def _observe_received(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(t[1], {CHANNEL_NAME: name}) for name, t in self._totals().items()]
+        return self._totals("received")
 
     def _observe_depths(self, options: CallbackOptions) -> Iterable[Observation]:
         depths: dict[str, int] = {}
-        for user in list(self.users):
-            user._depths(depths)
+        for record, channel in self._live():
+            if record.observer is None or record.observer() is None:
+                continue  # detached: no depth
+            if isinstance(channel, _READ_AT_COLLECTION):
+                size: int | None = channel.qsize()
+            else:
+                size = record.depth
+            if size is not None:
+                name = record.attributes[CHANNEL_NAME]
+                depths[name] = depths.get(name, 0) + size
         return [Observation(size, {CHANNEL_NAME: name}) for name, size in depths.items()]
 
 
-_INSTRUMENTS: weakref.WeakKeyDictionary[MeterProvider, _Instruments] = weakref.WeakKeyDictionary()
+_GLOBAL: list[_Instruments] = []
+_BY_PROVIDER: weakref.WeakKeyDictionary[MeterProvider, _Instruments] = weakref.WeakKeyDictionary()
 _INSTRUMENTS_LOCK = threading.Lock()

@@ -60,12 +60,20 @@ class NodeInstrumentation:
 
     # -- the loop --------------------------------------------------------
 
-    async def run_worker(self, node: Node, shutdowns: ShutdownCounter, custom_emit: bool) -> None:
-        """``Node.go``'s steps, each message handled in a span (see ``handle``)."""
+    async def run_worker(self, node: Node, shutdowns: ShutdownCounter, custom_emit: bool) -> bool:
+        """``Node.go``'s steps, each message handled in a span (see ``handle``).
+
+        Returns True, having taken nothing more, when the node's
+        instrumentation changed (``instrument`` again, or ``uninstrument``):
+        ``Node.go`` then goes on with the loop the node has now.
+        """
         state = node._state
         mailbox = node.mailbox
         self.watch(mailbox)
         while not state.stop_requested:
+            if node._instrumentation is not self:
+                return True
+            message = None  # hold nothing of the last message while waiting
             if node._unsettled_acks and empty_or_unknown(mailbox):  # a receive may wait
                 await node._settle_acks()
             state.receiving = True
@@ -74,20 +82,27 @@ class NodeInstrumentation:
             except ChannelClosed:
                 if not state.stop_requested:
                     await node._send_shutdown(None)
-                return
+                return False
             finally:
                 state.receiving = False
             if message.is_shutdown:
                 if await node._on_shutdown(message, shutdowns):
-                    return
+                    return False
                 continue
-            if not await self.handle(node, message, custom_emit):
-                continue
-            state.processed += 1
-            if message.ack is not None:
-                pending = node._start_ack(message)
-                if pending is not None:
-                    await pending
+            current = node._instrumentation  # changed while waiting: the new one takes it
+            if current is not None:
+                handled = await current.handle(node, message, custom_emit)
+            else:
+                handled = await _handle_untraced(node, message, custom_emit)
+            if handled:
+                state.processed += 1
+                if message.ack is not None:
+                    pending = node._start_ack(message)
+                    if pending is not None:
+                        await pending
+            if current is not self:
+                return True
+        return False
 
     async def handle(self, node: Node, message: ChannelMessage[Any], custom_emit: bool) -> bool:
         """Process ``message`` in a span and send the result on; whether it succeeded.
@@ -114,7 +129,7 @@ class NodeInstrumentation:
                 if custom_emit:
                     await node.emit(result, parent=message)
                 else:
-                    await self.emit(node, result, message)
+                    await self._send(node, result, span.get_span_context(), message)
         except Exception as error:
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
@@ -132,33 +147,63 @@ class NodeInstrumentation:
         return True
 
     async def emit(self, node: Node, payload: Any, parent: ChannelMessage[Any] | None) -> None:
-        """``Node.emit``, stamped with the current trace context.
+        """``Node.emit``, stamped with the trace context the payload belongs to.
 
-        The metadata gains ``traceparent`` (and ``tracestate``), and its
-        ``trace_id`` is the current span's trace id (32 hex digits); without
-        a valid current span, ``emit`` is unchanged.
+        That is the context ``parent`` carries, unless the current span is a
+        child of it (a span started with ``context=extract(parent)``, as the
+        default loop's are) or ``parent`` carries none: then the current
+        span. So a node with its own ``go()`` passes its input's trace on
+        whatever span its worker runs in. The metadata gains ``traceparent``
+        (and ``tracestate``), and its ``trace_id`` is that trace's id (32 hex
+        digits); with no context at all, ``emit`` is unchanged.
         """
+        span = trace.get_current_span()
+        current = span.get_span_context()
+        carried = None if parent is None else parent_context(parent)
+        if carried is not None:
+            carried_span = trace.get_current_span(carried).get_span_context()
+            span_parent = getattr(span, "parent", None)  # the SDK's spans know it
+            if not (
+                current.is_valid
+                and isinstance(span_parent, trace.SpanContext)
+                and span_parent.span_id == carried_span.span_id
+                and span_parent.trace_id == carried_span.trace_id
+            ):
+                current = carried_span
+        await self._send(node, payload, current, parent)
+
+    async def _send(
+        self,
+        node: Node,
+        payload: Any,
+        span_context: trace.SpanContext,
+        parent: ChannelMessage[Any] | None,
+    ) -> None:
+        """Send ``payload`` to the node's successors, stamped with ``span_context``."""
         channels = node._outgoing_channels()
         if not channels:
             node._output(payload)
             return
-        metadata = self.tracing_metadata(node, parent)
-        for channel in channels:
-            await channel.send(ChannelMessage(payload, dict(metadata)))
-
-    def tracing_metadata(self, node: Node, parent: ChannelMessage[Any] | None) -> dict[str, Any]:
-        """A node's tracing keys with the current trace context."""
-        span_context = trace.get_current_span().get_span_context()
         if span_context.is_valid:
             trace_id = trace.format_trace_id(span_context.trace_id)
         else:
             trace_id = _trace_id(parent)
-        return {
+        metadata = {
             "source_node": node.id,
             "trace_id": trace_id,
             "timestamp": time.monotonic(),
             **span_headers(span_context),
         }
+        for channel in channels:
+            await channel.send(ChannelMessage(payload, dict(metadata)))
+
+    def adopt(self, node: Node) -> None:
+        """Instrument ``node`` (its own setting), taking over its mailbox's metrics."""
+        old = node._instrumentation
+        if old is not None and old is not self:
+            old.unwatch(node.mailbox)
+        node._instrumentation = self
+        self.watch(node.mailbox)
 
     def watch(self, mailbox: BaseChannel[Any]) -> None:
         """Add the channel metrics observer to ``mailbox``, once."""
@@ -176,6 +221,34 @@ class NodeInstrumentation:
         """Remove the channel metrics observer from every mailbox ``watch`` added it to."""
         for mailbox in list(self._mailboxes):
             self.unwatch(mailbox)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> NodeInstrumentation:
+        """A copied node is instrumented as the original is, by this same instance."""
+        return self
+
+    def __copy__(self) -> NodeInstrumentation:
+        return self
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a node's instrumentation cannot be pickled (it reports to this process's "
+            "providers); uninstrument the node first, and instrument it in the other process"
+        )
+
+
+async def _handle_untraced(node: Node, message: ChannelMessage[Any], custom_emit: bool) -> bool:
+    """What ``Node.go`` does with a message, for one taken just before instrumentation went off."""
+    try:
+        result = node.process(message.payload)
+        if inspect.isawaitable(result):
+            result = await result
+        if result is not None:
+            await node.emit(result, parent=message)
+    except Exception as error:
+        node._state.failed += 1
+        await node._report_failure(message, error)
+        return False
+    return True
 
 
 def _nodes_of(target: object) -> tuple[list[Node], Graph | None]:
@@ -217,7 +290,13 @@ def instrument(
     ``extract``) or, without one, of the context current in the node's
     worker; what the node sends carries that span's context, and its
     ``trace_id`` metadata is the OpenTelemetry trace id. A node with its own
-    ``go()`` gets no spans, but its ``emit()`` stamps the current context.
+    ``go()`` gets no spans, but its ``emit(payload, parent=message)`` passes
+    ``message``'s context on (see ``NodeInstrumentation.emit``).
+
+    A node's own setting (``instrument(node)``) wins over its graph's, which
+    wins over the process-wide one; calling ``instrument`` again with the
+    same target replaces the instrumentation. A running worker changes loop
+    before its next message.
 
     The providers default to OpenTelemetry's global ones. Metrics:
     ``spark.node.process.duration`` (histogram, seconds, per
@@ -230,41 +309,42 @@ def instrument(
         tracer_provider, meter_provider, channel_metrics=channel_metrics
     )
     if graph_or_nodes is None:
-        _replace(Node.__dict__.get("_instrumentation"), None)
-        Node._instrumentation = instrumentation
-    if graph is not None:
-        graph._instrumentation = instrumentation
-    for node in nodes:
-        _replace(node.__dict__.get("_instrumentation"), node)
-        node._instrumentation = instrumentation
-        instrumentation.watch(node.mailbox)
-    return instrumentation
-
-
-def _replace(old: NodeInstrumentation | None, node: Node | None) -> None:
-    """Take ``old``'s metrics observer off ``node``'s mailbox (every one, for None)."""
-    if old is not None:
-        if node is None:
+        old = Node.__dict__.get("_instrumentation")
+        if old is not None:
             old.unwatch_all()
-        else:
-            old.unwatch(node.mailbox)
+        Node._instrumentation = instrumentation
+    previous = None
+    if graph is not None:
+        previous, graph._instrumentation = graph._instrumentation, instrumentation
+    for node in nodes:
+        own = node.__dict__.get("_instrumentation")
+        if graph is not None and own is not None and own is not previous:
+            continue  # a node's own setting wins over its graph's
+        instrumentation.adopt(node)
+    return instrumentation
 
 
 def uninstrument(graph_or_nodes: Graph | Node | Iterable[Node] | None = None) -> None:
     """Switch instrumentation off where ``instrument`` (with the same argument) switched it on.
 
-    ``None`` switches off the process-wide instrumentation, and removes its
-    metrics observers from the mailboxes it added them to. A worker already
-    running keeps its loop until it returns.
+    ``None`` switches off the process-wide instrumentation and removes its
+    metrics observers from the mailboxes it added them to; a ``Graph`` takes
+    its instrumentation off its nodes (not one a node got otherwise); nodes
+    lose theirs. A running worker changes loop before its next message.
     """
     if graph_or_nodes is None:
-        _replace(Node.__dict__.get("_instrumentation"), None)
+        old = Node.__dict__.get("_instrumentation")
         Node._instrumentation = None
+        if old is not None:
+            old.unwatch_all()
         return
     nodes, graph = _nodes_of(graph_or_nodes)
+    graph_instrumentation = None
     if graph is not None:
-        graph._instrumentation = None
+        graph_instrumentation, graph._instrumentation = graph._instrumentation, None
     for node in nodes:
-        if "_instrumentation" in node.__dict__:
-            _replace(node.__dict__["_instrumentation"], node)
-            del node._instrumentation
+        own = node.__dict__.get("_instrumentation")
+        if own is None or (graph is not None and own is not graph_instrumentation):
+            continue  # a graph takes off only what it put on
+        own.unwatch(node.mailbox)
+        del node._instrumentation
