@@ -580,6 +580,30 @@ async def test_budget_expiry_lets_in_flight_work_finish_within_the_grace_period(
     assert result.pending["first"] == 1
 
 
+async def test_leftovers_tidied_at_the_end_of_a_run_are_not_traffic() -> None:
+    release = asyncio.Event()
+
+    class Waits(Node):
+        async def process(self, payload: Any) -> Any:
+            await release.wait()
+            return payload
+
+    first = Waits(id="first")
+    seen: list[tuple[str, Any]] = []
+    first.mailbox.add_observer(lambda message, channel, phase: seen.append((phase, message)))
+    task = Task(inputs=inputs([1, 2, 3]), type=LONG, budget=Budget(0.2), grace_seconds=20)
+
+    async def release_when_stopping() -> None:
+        while not first._stop_flag:  # noqa: ASYNC110 - the flag has no event
+            await asyncio.sleep(0.01)
+        release.set()
+
+    result, _ = await asyncio.gather(Graph(first).run(task), release_when_stopping())
+    assert result.pending["first"] == 2  # left in the mailbox, the stop request taken out
+    assert [m.payload for _, m in seen if not m.is_shutdown] == [1, 2, 3, 1]  # 3 sends, 1 receive
+    assert first.mailbox.observers != ()  # and the observer is back
+
+
 async def test_budget_applies_to_one_off_runs() -> None:
     stuck = Stuck()
     task = Task(inputs=inputs([1]), budget=Budget(0.2), grace_seconds=0)
