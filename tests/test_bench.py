@@ -50,6 +50,17 @@ def test_channel_only_scenarios_use_their_own_baseline(tmp_path):
     assert {r["baseline"] for r in rows} == {"plain channel", "dataclass"}
 
 
+def test_graph_scenarios_report_the_added_cost_per_node(tmp_path, capsys):
+    out = tmp_path / "results.json"
+    main(["--scenarios", "graph-user-otel", "--json", str(out), *SMALL])
+    printed = capsys.readouterr().out
+    rows = json.loads(out.read_text())["results"]
+    assert {r["baseline"] for r in rows} == {"uninstrumented graph"}
+    for row in rows:
+        per_node = row["added_ns_per_message"] / 3
+        assert f"{per_node:+,.0f} ns per node" in printed
+
+
 def test_fills_the_readme_block(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n{README_START}\nold numbers\n{README_END}\ntail\n")

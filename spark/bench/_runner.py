@@ -231,12 +231,21 @@ def format_table(rows: Sequence[Result], loops: Sequence[str]) -> str:
                     continue
                 figure = f"{row.ns_per_message:,.0f} ns  x{row.ratio:.2f}"
                 if row.baseline in BASELINE_RUNS:
-                    figure += f" ({row.added_ns_per_message:+,.0f} ns)"
+                    figure += f" ({_added(row)})"
                 cells.append(f"  {figure:>32}")
             if any(cell.strip() != "-" for cell in cells):
                 lines.append(f"  {contender:<{width}}" + "".join(cells))
         lines.append("")
     return "\n".join(lines)
+
+
+def _added(row: Result) -> str:
+    """The ns a scenario adds to its own-build baseline, per message, and per node for a graph."""
+    added = f"{row.added_ns_per_message:+,.0f} ns"
+    nodes = SCENARIOS[row.scenario].nodes
+    if nodes:
+        added += f", {row.added_ns_per_message / nodes:+,.0f} ns per node"
+    return added
 
 
 def format_markdown(rows: Sequence[Result], loops: Sequence[str]) -> str:
@@ -274,7 +283,7 @@ def _ratio_table(
             if row is None:
                 cells.append("")
             elif row.baseline in BASELINE_RUNS:
-                cells.append(f"{row.ratio:.2f} ({row.added_ns_per_message:+,.0f} ns)")
+                cells.append(f"{row.ratio:.2f} ({_added(row)})")
             else:
                 cells.append(f"{row.ratio:.2f}")
         lines.append(f"| {name} | {SCENARIOS[name].baseline} | " + " | ".join(cells) + " |")
