@@ -578,6 +578,25 @@ async def test_counters_never_go_back_and_count_a_channel_once(impl: Any, otel: 
     assert otel.metric("spark.channel.messages.sent") == {}
 
 
+def test_a_channel_freed_while_metrics_hold_their_lock_causes_no_deadlock(
+    impl: Any, otel: Otel
+) -> None:
+    """A channel can be freed anywhere: by a collection inside an allocation made under the lock."""
+    metrics = ChannelMetrics(otel.meter_provider)
+    doomed = [metrics.attach(impl.InMemoryChannel(name="doomed"))]
+    lock = metrics._instruments.lock
+
+    def free_under_the_lock() -> None:
+        with lock:
+            doomed.clear()  # the last reference: the channel goes now, in this thread
+
+    freeing = threading.Thread(target=free_under_the_lock, daemon=True)
+    freeing.start()
+    freeing.join(5)
+    assert not freeing.is_alive(), "freeing a channel under the metrics lock deadlocked"
+    assert otel.metric("spark.channel.messages.sent") == {}  # and its record is gone
+
+
 async def test_a_channel_made_again_under_a_name_reports_its_depth(impl: Any, otel: Otel) -> None:
     metrics = ChannelMetrics(otel.meter_provider)
     old = impl.InMemoryChannel(name="jobs", observers=[metrics])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -193,6 +193,8 @@ class _Instruments:
         self.lock = threading.Lock()
         self.records: dict[int, _Record] = {}
         """Per ``id(channel)``, while the channel lives."""
+        self._dead: deque[int] = deque()
+        """Keys of records whose channel was garbage collected."""
         self.time_in_channel = meter.create_histogram(
             "spark.channel.time_in_channel",
             unit="s",
@@ -221,15 +223,15 @@ class _Instruments:
         """``channel``'s record; ``observer`` counts it unless another live observer does."""
         key = id(channel)
         with self.lock:
+            self._forget_dead()
             record = self.records.get(key)
             if record is None or record.channel() is not channel:
-                records = self.records
+                # The callback may run in any thread, inside any allocation (a
+                # garbage collection), even one made under the lock: it only notes.
+                dead = self._dead
 
                 def forget(_: object, key: int = key) -> None:
-                    with self.lock:
-                        stale = records.get(key)
-                        if stale is not None and stale.channel() is None:
-                            del records[key]
+                    dead.append(key)
 
                 record = self.records[key] = _Record(weakref.ref(channel, forget), channel.name)
             if record.observer is None or record.observer() is None:
@@ -248,8 +250,17 @@ class _Instruments:
                     record.in_flight.clear()
                     record.depth = None
 
+    def _forget_dead(self) -> None:
+        """Drop the records of the channels garbage collected since (under the lock)."""
+        while self._dead:
+            key = self._dead.popleft()
+            stale = self.records.get(key)
+            if stale is not None and stale.channel() is None:
+                del self.records[key]
+
     def _live(self) -> list[tuple[_Record, BaseChannel[Any]]]:
         with self.lock:
+            self._forget_dead()
             records = list(self.records.values())
         return [(r, c) for r in records if (c := r.channel()) is not None]
 
