@@ -99,7 +99,12 @@ class ChannelMetrics:
     def __call__(self, message: Any, channel: BaseChannel[Any], phase: str) -> None:
         """Record one ``send`` or ``receive`` of ``message`` on ``channel``."""
         record = self._instruments.records.get(id(channel))
-        if record is None or record.observer is None or record.observer() is not self:
+        if (
+            record is None
+            or record.channel() is not channel  # (a dead channel's, whose id was reused)
+            or record.observer is None
+            or record.observer() is not self
+        ):
             record = self._record(channel)
             if record.observer is None or record.observer() is not self:
                 return  # another ChannelMetrics counts this channel
