@@ -580,7 +580,7 @@ async def test_budget_expiry_lets_in_flight_work_finish_within_the_grace_period(
     assert result.pending["first"] == 1
 
 
-async def test_leftovers_tidied_at_the_end_of_a_run_are_not_traffic() -> None:
+async def test_leftovers_tidied_at_the_end_of_a_run_are_not_sent_again() -> None:
     release = asyncio.Event()
 
     class Waits(Node):
@@ -601,6 +601,8 @@ async def test_leftovers_tidied_at_the_end_of_a_run_are_not_traffic() -> None:
     result, _ = await asyncio.gather(Graph(first).run(task), release_when_stopping())
     assert result.pending["first"] == 2  # left in the mailbox, the stop request taken out
     assert [m.payload for _, m in seen if not m.is_shutdown] == [1, 2, 3, 1]  # 3 sends, 1 receive
+    # The stop request taken out is seen leaving: sends and receives add up to what is left.
+    assert [phase for phase, m in seen if m.is_shutdown] == ["send", "receive"]
     assert first.mailbox.observers != ()  # and the observer is back
 
 

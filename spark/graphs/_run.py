@@ -10,7 +10,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from spark.nodes import Edge, Node, _channels_py
-from spark.nodes._channel_base import empty_or_unknown, is_patched
+from spark.nodes._channel_base import (
+    empty_or_unknown,
+    is_patched,
+    report_observer_error,
+    schedule_observer_awaitable,
+)
 from spark.nodes._node import RunBinding
 from spark.nodes._shutdown import stop_request
 from spark.nodes.channels import (
@@ -445,20 +450,29 @@ def _remove_stale_shutdowns(mailbox: BaseChannel[Any]) -> int:
     if stats.size == 0 or stats.closed or stats.senders_waiting or stats.receivers_waiting:
         return stats.size
     kept: list[ChannelMessage[Any]] = []
-    # Housekeeping, not traffic: the observers do not see the messages go round.
+    removed: list[ChannelMessage[Any]] = []
+    # The observers see the shutdowns taken out, not the others go round.
     observers = mailbox.observers
     for observer in observers:
         mailbox.remove_observer(observer)
     try:
         while True:
             message = mailbox.receive_nowait()
-            if not message.is_shutdown:
-                kept.append(message)
+            (removed if message.is_shutdown else kept).append(message)
     except (asyncio.QueueEmpty, ChannelClosed, NotImplementedError):
         pass
     finally:
-        for message in kept:
+        for message in kept:  # room for each: they were queued a moment ago
             mailbox.send_nowait(message)
         for observer in observers:
             mailbox.add_observer(observer)
+    for message in removed:
+        for observer in observers:
+            try:
+                outcome = observer(message, mailbox, "receive")
+            except Exception:
+                report_observer_error(mailbox, "receive", observer)
+                continue
+            if outcome is not None and inspect.isawaitable(outcome):
+                schedule_observer_awaitable(mailbox, "receive", observer, outcome)
     return len(kept)

@@ -33,7 +33,16 @@ _READ_AT_COLLECTION = (*_TIMED, ForwardingChannel, _channels_py.ForwardingChanne
 class _Record:
     """What is known of one channel, shared by the ``ChannelMetrics`` of one meter provider."""
 
-    __slots__ = ("attributes", "channel", "depth", "in_flight", "observer", "received", "sent")
+    __slots__ = (
+        "attributes",
+        "channel",
+        "depth",
+        "in_flight",
+        "observer",
+        "received",
+        "received_first",
+        "sent",
+    )
 
     def __init__(self, channel: weakref.ref[BaseChannel[Any]], name: str) -> None:
         self.channel = channel
@@ -46,6 +55,9 @@ class _Record:
         """The ``ChannelMetrics`` that counts this channel (one, however many observe it)."""
         # id(message) -> (message, perf_counter() at its send), oldest first.
         self.in_flight: OrderedDict[int, tuple[Any, float]] = OrderedDict()
+        # id(message) -> message, of messages whose receive was seen before their
+        # send (a thread's send, observed after the loop took the message).
+        self.received_first: OrderedDict[int, Any] = OrderedDict()
 
 
 class ChannelMetrics:
@@ -87,7 +99,7 @@ class ChannelMetrics:
             raise TypeError(f"attach() takes a channel, got {type(channel).__name__}")
         if self not in channel.observers:
             channel.add_observer(self)
-        self._record(channel)
+        self._instruments.claim(channel, self)
         return channel
 
     def detach(self, channel: BaseChannel[Any]) -> None:
@@ -105,22 +117,32 @@ class ChannelMetrics:
             or record.observer is None
             or record.observer() is not self
         ):
-            record = self._record(channel)
-            if record.observer is None or record.observer() is not self:
-                return  # another ChannelMetrics counts this channel
+            claimed = self._instruments.claim(channel, self)
+            if claimed is None:
+                return  # another ChannelMetrics counts this channel, or this one left it
+            record = claimed
         sent = None
         with self._instruments.lock:
             if phase == "send":
                 record.sent += 1
                 if self._max_timed and isinstance(channel, _TIMED):
-                    in_flight = record.in_flight
-                    in_flight[id(message)] = (message, time.perf_counter())
-                    if len(in_flight) > self._max_timed:
-                        in_flight.popitem(last=False)
+                    key = id(message)
+                    if record.received_first and record.received_first.pop(key, None) is message:
+                        pass  # received already: not timed
+                    else:
+                        in_flight = record.in_flight
+                        in_flight[key] = (message, time.perf_counter())
+                        if len(in_flight) > self._max_timed:
+                            in_flight.popitem(last=False)
             elif phase == "receive":
                 record.received += 1
-                if record.in_flight:
-                    sent = record.in_flight.pop(id(message), None)
+                if self._max_timed and isinstance(channel, _TIMED):
+                    sent = record.in_flight.pop(id(message), None) if record.in_flight else None
+                    if sent is None or sent[0] is not message:
+                        received_first = record.received_first
+                        received_first[id(message)] = message
+                        if len(received_first) > self._max_timed:
+                            received_first.popitem(last=False)
             else:
                 return
         if record.depth is not None:
@@ -129,10 +151,6 @@ class ChannelMetrics:
             waited = _waited(message, sent)
             if waited is not None:
                 self._time_in_channel.record(waited, record.attributes)
-
-    def _record(self, channel: BaseChannel[Any]) -> _Record:
-        """``channel``'s record, counted by this observer unless another live one does."""
-        return self._instruments.claim(channel, self)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ChannelMetrics:
         """A copied channel keeps its observers: the copy is observed by this same instance."""
@@ -181,25 +199,33 @@ class _Instruments:
 
     @classmethod
     def of(cls, meter_provider: MeterProvider | None) -> _Instruments:
-        # The global provider is one key, whether it was set yet or not (the
-        # API's stand-in forwards to the provider set later).
         with _INSTRUMENTS_LOCK:
-            if meter_provider is None or meter_provider is metrics.get_meter_provider():
-                if not _GLOBAL:
-                    _GLOBAL.append(cls(meter_provider))
-                return _GLOBAL[0]
-            instruments = _BY_PROVIDER.get(meter_provider)
+            global_provider = metrics.get_meter_provider()
+            provider = global_provider if meter_provider is None else meter_provider
+            instruments = _BY_PROVIDER.get(provider)
             if instruments is None:
-                instruments = _BY_PROVIDER[meter_provider] = cls(meter_provider)
+                if provider is global_provider and _BEFORE_GLOBAL:
+                    # Made through the API's stand-in before the global provider
+                    # was set; they report to it now.
+                    instruments = _BEFORE_GLOBAL[0]
+                else:
+                    instruments = cls(provider)
+                    if type(provider).__name__ == "_ProxyMeterProvider":
+                        _BEFORE_GLOBAL.append(instruments)
+                _BY_PROVIDER[provider] = instruments
             return instruments
 
-    def __init__(self, meter_provider: MeterProvider | None) -> None:
-        meter = metrics.get_meter(_SCOPE, meter_provider=meter_provider)
+    def __init__(self, meter_provider: MeterProvider) -> None:
+        meter = meter_provider.get_meter(_SCOPE)
         self.lock = threading.Lock()
         self.records: dict[int, _Record] = {}
         """Per ``id(channel)``, while the channel lives."""
         self._dead: deque[int] = deque()
         """Keys of records whose channel was garbage collected."""
+        self._live_names: dict[str, int] = {}
+        """How many channels with a record have each name."""
+        self._retired: dict[str, list[int]] = {}
+        """Per name, the sent and received counts of its dead channels, while one lives."""
         self.time_in_channel = meter.create_histogram(
             "spark.channel.time_in_channel",
             unit="s",
@@ -224,8 +250,14 @@ class _Instruments:
             description="Messages buffered in the channel",
         )
 
-    def claim(self, channel: BaseChannel[Any], observer: ChannelMetrics) -> _Record:
-        """``channel``'s record; ``observer`` counts it unless another live observer does."""
+    def claim(self, channel: BaseChannel[Any], observer: ChannelMetrics) -> _Record | None:
+        """``channel``'s record if ``observer`` counts it, else None.
+
+        ``observer`` counts it when it is among the channel's observers and
+        no other live observer of the channel does (a call made after it
+        was removed, from a copy of the observers taken before, counts
+        nothing).
+        """
         key = id(channel)
         with self.lock:
             self._forget_dead()
@@ -238,10 +270,16 @@ class _Instruments:
                 def forget(_: object, key: int = key) -> None:
                     dead.append(key)
 
-                record = self.records[key] = _Record(weakref.ref(channel, forget), channel.name)
-            if record.observer is None or record.observer() is None:
+                name = channel.name
+                record = self.records[key] = _Record(weakref.ref(channel, forget), name)
+                self._live_names[name] = self._live_names.get(name, 0) + 1
+            owner = None if record.observer is None else record.observer()
+            if owner is not observer:
+                observers = channel.observers
+                if observer not in observers or (owner is not None and owner in observers):
+                    return None
                 record.observer = weakref.ref(observer)
-        if record.observer() is observer and not isinstance(channel, _READ_AT_COLLECTION):
+        if not isinstance(channel, _READ_AT_COLLECTION):
             record.depth = _size(channel)
         return record
 
@@ -253,6 +291,7 @@ class _Instruments:
                 if record.observer() is observer:
                     record.observer = None
                     record.in_flight.clear()
+                    record.received_first.clear()
                     record.depth = None
 
     def _forget_dead(self) -> None:
@@ -260,8 +299,21 @@ class _Instruments:
         while self._dead:
             key = self._dead.popleft()
             stale = self.records.get(key)
-            if stale is not None and stale.channel() is None:
-                del self.records[key]
+            if stale is None or stale.channel() is not None:
+                continue
+            del self.records[key]
+            # What it counted stays in its name's series while another channel
+            # of that name lives (a counter never goes back); then the series ends.
+            name = stale.attributes[CHANNEL_NAME]
+            left = self._live_names[name] - 1
+            if left:
+                self._live_names[name] = left
+                retired = self._retired.setdefault(name, [0, 0])
+                retired[0] += stale.sent
+                retired[1] += stale.received
+            else:
+                del self._live_names[name]
+                self._retired.pop(name, None)
 
     def _live(self) -> list[tuple[_Record, BaseChannel[Any]]]:
         with self.lock:
@@ -269,18 +321,21 @@ class _Instruments:
             records = list(self.records.values())
         return [(r, c) for r in records if (c := r.channel()) is not None]
 
-    def _totals(self, field: str) -> list[Observation]:
-        totals: dict[str, int] = {}
-        for record, _ in self._live():
+    def _totals(self, which: int) -> list[Observation]:
+        """Per channel name: sent (``which`` 0) or received (1) messages."""
+        records = self._live()
+        with self.lock:
+            totals = {name: counts[which] for name, counts in self._retired.items()}
+        for record, _ in records:
             name = record.attributes[CHANNEL_NAME]
-            totals[name] = totals.get(name, 0) + getattr(record, field)
+            totals[name] = totals.get(name, 0) + (record.received if which else record.sent)
         return [Observation(total, {CHANNEL_NAME: name}) for name, total in totals.items()]
 
     def _observe_sent(self, options: CallbackOptions) -> Iterable[Observation]:
-        return self._totals("sent")
+        return self._totals(0)
 
     def _observe_received(self, options: CallbackOptions) -> Iterable[Observation]:
-        return self._totals("received")
+        return self._totals(1)
 
     def _observe_depths(self, options: CallbackOptions) -> Iterable[Observation]:
         depths: dict[str, int] = {}
@@ -297,6 +352,6 @@ class _Instruments:
         return [Observation(size, {CHANNEL_NAME: name}) for name, size in depths.items()]
 
 
-_GLOBAL: list[_Instruments] = []
+_BEFORE_GLOBAL: list[_Instruments] = []
 _BY_PROVIDER: weakref.WeakKeyDictionary[MeterProvider, _Instruments] = weakref.WeakKeyDictionary()
 _INSTRUMENTS_LOCK = threading.Lock()

@@ -212,8 +212,8 @@ class NodeInstrumentation:
             self._mailboxes.add(mailbox)
 
     def unwatch(self, mailbox: BaseChannel[Any]) -> None:
-        """Remove the channel metrics observer from ``mailbox``, if ``watch`` added it."""
-        if self.channel_metrics is not None and mailbox in self._mailboxes:
+        """Remove the channel metrics observer from ``mailbox`` (a copy's too)."""
+        if self.channel_metrics is not None:
             self.channel_metrics.detach(mailbox)
             self._mailboxes.discard(mailbox)
 
@@ -310,9 +310,12 @@ def instrument(
     )
     if graph_or_nodes is None:
         old = Node.__dict__.get("_instrumentation")
-        if old is not None:
-            old.unwatch_all()
         Node._instrumentation = instrumentation
+        if old is not None:  # the mailboxes it watched are watched on, without a gap
+            mailboxes = list(old._mailboxes)
+            old.unwatch_all()
+            for mailbox in mailboxes:
+                instrumentation.watch(mailbox)
     previous = None
     if graph is not None:
         previous, graph._instrumentation = graph._instrumentation, instrumentation
@@ -348,3 +351,6 @@ def uninstrument(graph_or_nodes: Graph | Node | Iterable[Node] | None = None) ->
             continue  # a graph takes off only what it put on
         own.unwatch(node.mailbox)
         del node._instrumentation
+        fallback = node._instrumentation  # the process-wide one, if any
+        if fallback is not None:
+            fallback.watch(node.mailbox)
