@@ -15,12 +15,13 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from spark.nodes import _channels_py
 from spark.nodes.channels import BaseChannel, ForwardingChannel, InMemoryChannel
 
-__all__ = ["CHANNEL_NAME", "ChannelMetrics"]
+__all__ = ["CHANNEL_NAME", "SCOPE", "ChannelMetrics"]
 
 CHANNEL_NAME = "channel.name"
 """The attribute that tells channels apart in every metric: the channel's ``name``."""
 
-_SCOPE = "spark.observability"
+SCOPE = "spark.observability"
+"""The instrumentation scope of every tracer and meter here."""
 _REDIS_STREAM_ID = "redis_stream_id"  # spark.backends._stream_py.METADATA_STREAM_ID
 # A receive hands on the very envelope that was sent: sends can be timed.
 _TIMED = (InMemoryChannel, _channels_py.InMemoryChannel)
@@ -216,7 +217,7 @@ class _Instruments:
             return instruments
 
     def __init__(self, meter_provider: MeterProvider) -> None:
-        meter = meter_provider.get_meter(_SCOPE)
+        meter = meter_provider.get_meter(SCOPE)
         self.lock = threading.Lock()
         self.records: dict[int, _Record] = {}
         """Per ``id(channel)``, while the channel lives."""

@@ -19,7 +19,7 @@ from spark.nodes._node import _trace_id
 from spark.nodes._shutdown import ShutdownCounter
 from spark.nodes.channels import BaseChannel, ChannelClosed, ChannelMessage
 
-from ._metrics import ChannelMetrics
+from ._metrics import SCOPE, ChannelMetrics
 from ._propagation import parent_context, span_headers
 
 if TYPE_CHECKING:
@@ -27,17 +27,15 @@ if TYPE_CHECKING:
 
 __all__ = ["NodeInstrumentation", "instrument", "uninstrument"]
 
-_SCOPE = "spark.observability"
-
 
 class NodeInstrumentation:
     """What ``instrument()`` switches on for a node; nodes share one per ``instrument()`` call.
 
-    The node's default loop (``Node.go``) hands each message to ``handle``,
-    which runs ``process()`` in a span and sends the result stamped with
-    that span's context; ``Node.emit`` stamps what it sends with the
-    current context. ``channel_metrics``, when set, observes each node's
-    mailbox.
+    The node's default loop (``Node.go``) runs ``run_worker``, which hands
+    each message to ``handle``: ``process()`` in a span, the result sent
+    stamped with that span's context. ``Node.emit`` goes through ``emit``,
+    which passes on the trace its ``parent`` belongs to. ``channel_metrics``,
+    when set, observes each node's mailbox.
     """
 
     def __init__(
@@ -47,8 +45,8 @@ class NodeInstrumentation:
         *,
         channel_metrics: bool = True,
     ) -> None:
-        self.tracer = trace.get_tracer(_SCOPE, tracer_provider=tracer_provider)
-        meter = metrics.get_meter(_SCOPE, meter_provider=meter_provider)
+        self.tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
+        meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
         self._duration = meter.create_histogram(
             "spark.node.process.duration",
             unit="s",
