@@ -402,8 +402,9 @@ class Node:
         The metadata holds ``source_node``, a ``trace_id`` (``parent``'s, or
         a new one) and ``timestamp`` (``time.monotonic()``). In a graph run,
         what a sink node emits becomes an output of the run. With
-        ``spark.observability`` instrumentation on, it also holds the current
-        trace context (``traceparent``), and ``trace_id`` is its trace id.
+        ``spark.observability`` instrumentation on, it also holds the trace
+        context the payload continues (``traceparent``: see
+        ``NodeInstrumentation.emit``), and ``trace_id`` is that trace's id.
         """
         if self._instrumentation is not None:
             await self._instrumentation.emit(self, payload, parent)
