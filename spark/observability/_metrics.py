@@ -15,6 +15,8 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from spark.nodes import _channels_py
 from spark.nodes.channels import BaseChannel, ForwardingChannel, InMemoryChannel
 
+from ._local import ProcessLocal
+
 __all__ = ["CHANNEL_NAME", "SCOPE", "ChannelMetrics"]
 
 CHANNEL_NAME = "channel.name"
@@ -61,7 +63,7 @@ class _Record:
         self.received_first: OrderedDict[int, Any] = OrderedDict()
 
 
-class ChannelMetrics:
+class ChannelMetrics(ProcessLocal):
     """An observer recording, per channel (attribute ``channel.name``):
 
     * ``spark.channel.messages.sent`` and ``spark.channel.messages.received``
@@ -86,6 +88,11 @@ class ChannelMetrics:
     however many observe it, and its counters never go back while it lives
     (its series end when it is garbage collected).
     """
+
+    NOT_PICKLED = (
+        "a ChannelMetrics cannot be pickled (it reports to this process's meter provider); "
+        "detach it first, and attach a new one in the other process"
+    )
 
     def __init__(self, meter_provider: MeterProvider | None = None, *, max_timed: int = 100_000):
         if isinstance(max_timed, bool) or not isinstance(max_timed, int) or max_timed < 0:
@@ -152,19 +159,6 @@ class ChannelMetrics:
             waited = _waited(message, sent)
             if waited is not None:
                 self._time_in_channel.record(waited, record.attributes)
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> ChannelMetrics:
-        """A copied channel keeps its observers: the copy is observed by this same instance."""
-        return self
-
-    def __copy__(self) -> ChannelMetrics:
-        return self
-
-    def __reduce__(self) -> Any:
-        raise TypeError(
-            "a ChannelMetrics cannot be pickled (it reports to this process's meter provider); "
-            "detach it first, and attach a new one in the other process"
-        )
 
     def __repr__(self) -> str:
         return f"<ChannelMetrics max_timed={self._max_timed}>"

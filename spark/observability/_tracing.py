@@ -19,6 +19,7 @@ from spark.nodes._node import _trace_id
 from spark.nodes._shutdown import ShutdownCounter
 from spark.nodes.channels import BaseChannel, ChannelClosed, ChannelMessage
 
+from ._local import ProcessLocal
 from ._metrics import SCOPE, ChannelMetrics
 from ._propagation import parent_context, span_headers
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["NodeInstrumentation", "instrument", "uninstrument"]
 
 
-class NodeInstrumentation:
+class NodeInstrumentation(ProcessLocal):
     """What ``instrument()`` switches on for a node; nodes share one per ``instrument()`` call.
 
     The node's default loop (``Node.go``) runs ``run_worker``, which hands
@@ -37,6 +38,11 @@ class NodeInstrumentation:
     which passes on the trace its ``parent`` belongs to. ``channel_metrics``,
     when set, observes each node's mailbox.
     """
+
+    NOT_PICKLED = (
+        "a node's instrumentation cannot be pickled (it reports to this process's "
+        "providers); uninstrument the node first, and instrument it in the other process"
+    )
 
     def __init__(
         self,
@@ -219,19 +225,6 @@ class NodeInstrumentation:
         """Remove the channel metrics observer from every mailbox ``watch`` added it to."""
         for mailbox in list(self._mailboxes):
             self.unwatch(mailbox)
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> NodeInstrumentation:
-        """A copied node is instrumented as the original is, by this same instance."""
-        return self
-
-    def __copy__(self) -> NodeInstrumentation:
-        return self
-
-    def __reduce__(self) -> Any:
-        raise TypeError(
-            "a node's instrumentation cannot be pickled (it reports to this process's "
-            "providers); uninstrument the node first, and instrument it in the other process"
-        )
 
 
 async def _handle_untraced(node: Node, message: ChannelMessage[Any], custom_emit: bool) -> bool:
