@@ -533,6 +533,128 @@ async def test_a_node_processes_what_a_thread_puts_in_its_mailbox(node_build):
     assert seen == list(range(300))
 
 
+# -- where a channel is made, and the moment it is shared -----------------------------
+
+
+@pytest.mark.parametrize("loop_kind", list(LOOPS))
+def test_a_channel_made_before_its_loop_runs_serves_its_tasks(impl, loop_kind):
+    channel = impl.InMemoryChannel(maxsize=4)  # made outside any loop, as at import time
+    channel.send_nowait(impl.ChannelMessage("before"))
+
+    async def use() -> list[Any]:
+        await channel.send(impl.ChannelMessage("task"))
+        return [(await channel.receive()).payload for _ in range(2)]
+
+    loop = LOOPS[loop_kind]()
+    try:
+        assert loop.run_until_complete(use()) == ["before", "task"]
+    finally:
+        loop.close()
+    if impl.name == "python":
+        assert not channel._shared and not channel._general  # its tasks take the lock-free paths
+
+
+@pytest.mark.timeout_s(120)
+@pytest.mark.parametrize("loop_kind", list(LOOPS))
+def test_a_channel_made_in_one_thread_and_used_by_a_loop_in_another_loses_nothing(impl, loop_kind):
+    per_producer = 20_000
+    channel = impl.InMemoryChannel(maxsize=16)  # made here; its tasks run on another thread
+    received: list[tuple[str, int]] = []
+
+    async def tasks() -> None:
+        async def produce() -> None:
+            for i in range(per_producer):
+                await channel.send(impl.ChannelMessage(("task", i)))
+
+        producer = asyncio.ensure_future(produce())
+        for _ in range(2 * per_producer):
+            received.append((await channel.receive()).payload)
+        await producer
+
+    loop = LOOPS[loop_kind]()
+    worker = start_thread(loop.run_until_complete, tasks())
+    for i in range(per_producer):  # the creator keeps using it meanwhile
+        channel.blocking_send(impl.ChannelMessage(("creator", i)))
+    worker.join(100)
+    assert not worker.is_alive(), "the loop's tasks did not finish"
+    loop.close()
+    for who in ("task", "creator"):
+        assert [i for w, i in received if w == who] == list(range(per_producer))
+    assert channel.stats().received == 2 * per_producer
+
+
+def _pure_only(impl: Any) -> None:
+    if impl.name != "python":
+        pytest.skip("the compiled build's sections are C: Python code cannot pause one")
+
+
+async def test_a_thread_waits_for_a_lock_free_section_under_way_before_it_shares(impl):
+    _pure_only(impl)
+    order: list[str] = []
+
+    class Pausing(impl.InMemoryChannel):  # type: ignore[name-defined, misc]
+        __slots__ = ()
+
+        def _wake_receivers(self) -> None:  # inside send()'s lock-free section
+            sharer = Outcome(self.send_nowait, impl.ChannelMessage("thread"))
+            sharer.thread.join(0.2)  # a thread that went ahead would be done by now
+            order.append("thread waited" if not sharer.done.is_set() else "thread went ahead")
+            super()._wake_receivers()
+            order.append("section ended")
+
+    channel = Pausing()
+    receiving = asyncio.ensure_future(channel.receive())
+    await settle()  # parked: the send below wakes it from its lock-free section
+    await channel.send(impl.ChannelMessage("task"))
+    assert (await asyncio.wait_for(receiving, 5)).payload == "task"
+    await until(lambda: channel.qsize() == 1)
+    assert order == ["thread waited", "section ended"]
+    assert channel._shared and channel._general
+    assert (await channel.receive()).payload == "thread"
+    assert channel.stats().sent == channel.stats().received == 2
+
+
+@pytest.mark.parametrize("loop_kind", list(LOOPS))
+@pytest.mark.parametrize("shared", ["before the claim looks", "after it looked"])
+def test_a_claim_under_way_when_a_thread_shares_does_not_reopen_the_lock_free_paths(
+    impl, loop_kind, shared
+):
+    _pure_only(impl)
+    seen: list[bool] = []
+
+    def share(channel: Any) -> None:
+        sharer = Outcome(channel.send_nowait, impl.ChannelMessage("thread"))
+        sharer.thread.join(0.2)  # a thread that went ahead would be done by now
+        seen.append(sharer.done.is_set())
+
+    class Pausing(impl.InMemoryChannel):  # type: ignore[name-defined, misc]
+        __slots__ = ()
+
+        def _claim(self, locked: bool) -> None:  # inside the first task's counted section
+            if shared == "before the claim looks":
+                if not locked:
+                    share(self)
+                super()._claim(locked)
+            elif not locked and not self._shared:  # what _claim does, shared in between
+                share(self)
+                self._general = self._guarded = False
+
+    channel = Pausing()  # made outside any loop: the first task's general path claims it
+
+    async def use() -> list[Any]:
+        await channel.send(impl.ChannelMessage("task"))
+        await until(lambda: channel.qsize() == 2)
+        return [(await channel.receive()).payload for _ in range(2)]
+
+    loop = LOOPS[loop_kind]()
+    try:
+        assert loop.run_until_complete(use()) == ["task", "thread"]
+    finally:
+        loop.close()
+    assert seen == [False]  # the thread waited for the claim's section
+    assert channel._shared and channel._general  # the lock-free paths stay off once shared
+
+
 # -- stress: many threads, random timeouts and cancellations, a close midway -------
 
 THREADS = 4

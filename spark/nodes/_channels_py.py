@@ -39,7 +39,14 @@ from ._channel_base import (
     not_a_message,
     register_message_type,
 )
-from ._threads import SHARING, ThreadWaiter, check_timeout, refuse_in_loop, wait_for_owner
+from ._threads import (
+    SHARING,
+    ThreadWaiter,
+    check_timeout,
+    lock_free,
+    refuse_in_loop,
+    wait_for_owner,
+)
 
 __all__ = ["ChannelMessage", "ForwardingChannel", "InMemoryChannel"]
 
@@ -166,6 +173,7 @@ class InMemoryChannel(BaseChannel[T]):
     __slots__ = (
         "_buffer",
         "_busy",
+        "_general",
         "_guarded",
         "_lock",
         "_loop",
@@ -192,9 +200,6 @@ class InMemoryChannel(BaseChannel[T]):
     ) -> None:
         super().__init__(name, observers)
         self._maxsize = check_maxsize(maxsize)
-        # Whether a send must take the general path: the channel is bounded,
-        # closed or shared. One test on the path of an open unbounded channel.
-        self._guarded = bool(self._maxsize)
         self._buffer: deque[ChannelMessage[T]] = deque()
         # Waiters of blocked tasks (loop futures) and threads (ThreadWaiter),
         # oldest first. A receiver's gets the channel that promised it a
@@ -229,6 +234,13 @@ class InMemoryChannel(BaseChannel[T]):
         self._lock: RLock | None = None
         self._loop: asyncio.AbstractEventLoop | None = asyncio._get_running_loop()
         self._loop_thread: int | None = None if self._loop is None else self._owner
+        # Whether the tasks' operations must take the general path: the
+        # channel is shared, or not yet claimed by a task of the owner's
+        # thread (a channel made in a running loop is). And whether a send
+        # must: that, or the channel is bounded or closed. One test on the
+        # path of an open unbounded channel.
+        self._general = self._loop is None
+        self._guarded = self._general or bool(self._maxsize)
         self._wakes: list[tuple[Waiter, Any, bool]] = []
         self._posted = False
 
@@ -313,11 +325,22 @@ class InMemoryChannel(BaseChannel[T]):
             lock = RLock()
             lock.acquire()  # sections that see _shared wait until the owner's are done
             self._lock = lock
-            self._shared = self._guarded = True
+            self._shared = self._general = self._guarded = True
         try:
             wait_for_owner(self)
         finally:
             lock.release()
+
+    def _claim(self, locked: bool) -> None:
+        """A task's general path (inside a section): let the owner's tasks take the fast paths.
+
+        Only a section of the owner's thread is unlocked (``locked`` False);
+        a task of another thread's loop leaves the channel to the general
+        path, which has shared it.
+        """
+        if not locked and not self._shared:
+            self._general = False
+            self._guarded = bool(self._maxsize) or self._closed
 
     def _resolve(self, waiter: Waiter, value: Any, receiving: bool) -> None:
         """Wake ``waiter`` with ``value``, or record it for the loop if it is a task's future."""
@@ -360,6 +383,7 @@ class InMemoryChannel(BaseChannel[T]):
 
     # -- sending ---------------------------------------------------------
 
+    @lock_free
     async def send(self, message: ChannelMessage[T]) -> None:
         """Enqueue ``message``, waiting while the channel is full.
 
@@ -368,31 +392,27 @@ class InMemoryChannel(BaseChannel[T]):
         """
         if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
             raise not_a_message(message)
-        if get_ident() != self._owner:  # another thread's loop: the general path
-            await self._send_guarded(message)
-            return
-        self._busy += 1  # an owner's section (see spark/nodes/_threads.py)
-        if self._guarded and (  # bounded, closed or shared
-            self._shared
+        _section: object = self  # a lock-free section (see spark/nodes/_threads.py)
+        if self._guarded and (  # bounded, closed, shared or not claimed
+            self._general
             or self._closed
             or len(self._buffer) - self._receivers_woken + self._senders_woken >= self._maxsize
         ):  # (no room: ``_room_taken()``, inline on this path)
-            self._busy -= 1
+            _section = None
             await self._send_guarded(message)
             return
-        try:
-            self._buffer.append(message)
-            self._unseen += 1
-            if self._receivers:
-                self._wake_receivers()
-        finally:
-            self._busy -= 1
+        self._buffer.append(message)
+        self._unseen += 1
+        if self._receivers:
+            self._wake_receivers()
+        _section = None
         if self._observers:
             await self._notify_observers(message, "send")
 
     async def _send_guarded(self, message: ChannelMessage[T]) -> None:
         locked = self._enter()
         try:
+            self._claim(locked)
             if self._closed:
                 raise self._closed_error()
             future = self._park(self._senders) if self._no_room() else None
@@ -405,6 +425,7 @@ class InMemoryChannel(BaseChannel[T]):
         if self._observers:
             await self._notify_observers(message, "send")
 
+    @lock_free
     def send_nowait(self, message: ChannelMessage[T]) -> None:
         """Enqueue ``message`` now, or raise ``asyncio.QueueFull``.
 
@@ -414,19 +435,16 @@ class InMemoryChannel(BaseChannel[T]):
         """
         if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
             raise not_a_message(message)
-        owner = get_ident() == self._owner
-        if owner:
-            self._busy += 1
-        if not owner or (
+        _section: object = self  # a lock-free section (see spark/nodes/_threads.py)
+        if get_ident() != self._owner or (
             self._guarded
             and (
-                self._shared
+                self._general
                 or self._closed
                 or len(self._buffer) - self._receivers_woken + self._senders_woken >= self._maxsize
             )
         ):
-            if owner:
-                self._busy -= 1
+            _section = None
             locked = self._enter()  # (shares the channel first, for another thread)
             try:
                 if self._closed:
@@ -437,13 +455,11 @@ class InMemoryChannel(BaseChannel[T]):
             finally:
                 self._leave(locked)
         else:
-            try:
-                self._buffer.append(message)
-                self._unseen += 1
-                if self._receivers:
-                    self._wake_receivers()
-            finally:
-                self._busy -= 1
+            self._buffer.append(message)
+            self._unseen += 1
+            if self._receivers:
+                self._wake_receivers()
+            _section = None
         if self._observers:
             self._notify_observers_nowait(message, "send", self._loop)
 
@@ -569,74 +585,92 @@ class InMemoryChannel(BaseChannel[T]):
 
     # -- receiving -------------------------------------------------------
 
+    @lock_free
     async def receive(self) -> ChannelMessage[T]:
         """Return the next message, waiting while the channel is empty.
 
         Raises ``ChannelClosed`` once the channel is closed and drained. If
         cancelled, no message was taken.
         """
-        if get_ident() != self._owner:  # another thread's loop: the general path
-            message = await self._wait_for_message()
-            if self._observers:
-                await self._notify_observers(message, "receive")
-            return message
-        self._busy += 1
+        _section: object = self  # a lock-free section (see spark/nodes/_threads.py)
         buffer = self._buffer
-        if buffer and not self._receivers_woken and not self._shared:
-            try:
-                if self._unseen:  # the first receive after sends: the size may be a new peak
-                    self._sent += self._unseen
-                    self._unseen = 0
-                    if len(buffer) > self._peak_size:
-                        self._peak_size = len(buffer)
-                message = buffer.popleft()
-                if self._senders:
-                    self._wake_senders()
-            finally:
-                self._busy -= 1
+        if buffer and not self._receivers_woken and not self._general:
+            if self._unseen:  # the first receive after sends: the size may be a new peak
+                self._sent += self._unseen
+                self._unseen = 0
+                if len(buffer) > self._peak_size:
+                    self._peak_size = len(buffer)
+            message = buffer.popleft()
+            if self._senders:
+                self._wake_senders()
+            _section = None
         else:
-            self._busy -= 1
+            _section = None
             message = await self._wait_for_message()
         if self._observers:
             await self._notify_observers(message, "receive")
         return message
 
+    @lock_free
     def receive_nowait(self) -> ChannelMessage[T]:
         """Return the next message now, or raise ``asyncio.QueueEmpty``.
 
         Raises ``ChannelClosed`` instead once the channel is closed and
         drained. Works from any thread.
         """
-        if get_ident() == self._owner:
-            self._busy += 1
-            if not self._shared:
-                locked = False
-            else:
-                self._busy -= 1
-                locked = self._enter()
-        else:
-            locked = self._enter()  # (shares the channel first)
-        try:
-            buffer = self._buffer
-            if buffer and not self._receivers_woken:  # the common case, as in receive()
-                if self._unseen:
-                    self._sent += self._unseen
-                    self._unseen = 0
-                    if len(buffer) > self._peak_size:
-                        self._peak_size = len(buffer)
-                message = buffer.popleft()
-            elif len(buffer) > self._receivers_woken:
-                message = self._take_queued()
-            elif self._closed:
-                raise self._closed_error()
-            else:
-                raise asyncio.QueueEmpty
+        _section: object = self  # a lock-free section (see spark/nodes/_threads.py)
+        buffer = self._buffer
+        if (
+            buffer
+            and not self._receivers_woken
+            and not self._general
+            and get_ident() == self._owner
+        ):  # the common case, as in receive()
+            if self._unseen:
+                self._sent += self._unseen
+                self._unseen = 0
+                if len(buffer) > self._peak_size:
+                    self._peak_size = len(buffer)
+            message = buffer.popleft()
             if self._senders:
                 self._wake_senders()
-        finally:
-            self._leave(locked)
+            _section = None
+        else:
+            _section = None
+            locked = self._enter()  # (shares the channel first, for another thread)
+            try:
+                message = self._take_free()  # type: ignore[assignment]
+                if message is None:
+                    if self._closed:
+                        raise self._closed_error()
+                    raise asyncio.QueueEmpty
+            finally:
+                self._leave(locked)
         if self._observers:
             self._notify_observers_nowait(message, "receive", self._loop)
+        return message
+
+    @lock_free
+    def _receive_now(self) -> ChannelMessage[T] | None:
+        """For a task: what ``receive()`` would return without waiting, observers aside.
+
+        None when it would wait, or take the general path (the channel is
+        shared or not claimed yet). The node loop's shortcut, for a mailbox
+        without observers.
+        """
+        _section: object = self  # a lock-free section (see spark/nodes/_threads.py)
+        buffer = self._buffer
+        if not buffer or self._receivers_woken or self._general:
+            return None
+        if self._unseen:  # as in receive()
+            self._sent += self._unseen
+            self._unseen = 0
+            if len(buffer) > self._peak_size:
+                self._peak_size = len(buffer)
+        message = buffer.popleft()
+        if self._senders:
+            self._wake_senders()
+        _section = None
         return message
 
     def blocking_receive(self, timeout: float | None = None) -> ChannelMessage[T]:
@@ -690,6 +724,7 @@ class InMemoryChannel(BaseChannel[T]):
         """Wait for a message, take up to ``max_items``, wake senders for the room freed."""
         locked = self._enter()
         try:
+            self._claim(locked)
             if len(self._buffer) > self._receivers_woken:
                 return self._take_batch(self._take_queued(), max_items)
             if self._closed:
@@ -731,6 +766,7 @@ class InMemoryChannel(BaseChannel[T]):
         """
         locked = self._enter()
         try:
+            self._claim(locked)
             message = self._take_free()
             if message is not None:
                 return message

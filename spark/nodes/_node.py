@@ -311,7 +311,11 @@ class Node:
             mailbox = self.mailbox
             # A queued message is taken without an await from a pure in-memory
             # mailbox without observers (whose receive would not wait either).
-            takes_nowait = type(mailbox) is _PyInMemory and not is_patched(mailbox, "receive")
+            receive_now = (
+                mailbox._receive_now
+                if type(mailbox) is _PyInMemory and not is_patched(mailbox, "receive")
+                else None
+            )
             edges = self._edges
             source = self._id
             unsettled_acks = self._unsettled_acks
@@ -319,11 +323,8 @@ class Node:
             outgoing: list[Route] = []
             while not state.stop_requested:
                 message = None
-                if takes_nowait and not mailbox._observers:
-                    try:
-                        message = mailbox.receive_nowait()
-                    except (asyncio.QueueEmpty, ChannelClosed):
-                        pass  # the receive below waits, or raises ChannelClosed
+                if receive_now is not None and not mailbox._observers:
+                    message = receive_now()  # None: the receive below
                 if message is None:
                     result = None  # hold nothing of the last message while waiting
                     if unsettled_acks and empty_or_unknown(mailbox):  # a receive may wait

@@ -1,17 +1,36 @@
 """What both builds share to let other threads use a loop's channel.
 
 A channel starts *unshared*: only the thread that created it (its owner)
-touches its state, with no lock, and each of the owner's sections is
-counted in ``_busy`` while it runs. Every operation checks its thread;
-the first one on another thread *shares* the channel (once, under
-`SHARING`): it makes the channel's lock, takes it, raises ``_shared``, and
-waits, holding the lock, until no owner section is under way
-(``_busy == 0``). From then on every section, on any thread, holds the
-lock (re-entrant; a section nested in an owner section begun before the
-sharing goes on unlocked, as it began). An owner section raises ``_busy``
-before it reads ``_shared`` and the sharing thread raises ``_shared``
-before it reads ``_busy``; as threads run one at a time under the GIL, one
-of them sees the other, so no unlocked section overlaps a locked one.
+touches its state, with no lock. The pure build has two kinds of unlocked
+sections:
+
+* the general path of an operation (``_enter`` ... ``_leave``), counted in
+  ``_busy`` while it runs;
+* the lock-free fast paths of the tasks' operations (``send``, ``receive``
+  and the node loop's shortcuts, marked with `lock_free`), which cost no
+  bookkeeping: each keeps the channel in its local ``_section`` while its
+  section runs, where a sharing thread can see it in the thread's frames.
+
+The tasks of the owner's thread take the fast paths once one of them has
+*claimed* the channel (its first general path does; a channel created in
+a running loop is claimed from the start). Until then, and once shared,
+``_general`` sends them down the general path, which checks the thread.
+Synchronous operations (``*_nowait``) check the thread every time, since
+any thread may call them.
+
+The first section of another thread *shares* the channel (once, under
+`SHARING`): it makes the channel's lock, takes it, raises ``_shared`` (and
+the flags that turn the fast paths off), and waits, holding the lock,
+until no section of the owner is under way: first until ``_busy == 0``,
+then, having raised the flags again (a claim that ended meanwhile may have
+lowered them), until no thread's frames hold a fast section of the channel.
+From then on every section, on any thread, holds the lock (re-entrant; a
+section nested in a counted section of the owner begun before the sharing
+goes on unlocked, as it began). An owner section raises ``_busy`` (or
+``_section``) before it reads the flags and the sharing thread raises them
+before it looks; as threads run one at a time under the GIL, one of them
+sees the other, so no unlocked section overlaps a locked one. A fast
+section never waits and never begins another section, so the wait ends.
 
 A task blocked on the channel waits on a loop future, which only its
 loop's thread may resolve: a section on another thread records the
@@ -26,11 +45,23 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from types import CodeType
+from typing import Any, TypeVar
 
-__all__ = ["SHARING", "ThreadWaiter", "check_timeout", "refuse_in_loop", "wait_for_owner"]
+__all__ = [
+    "SHARING",
+    "ThreadWaiter",
+    "check_timeout",
+    "lock_free",
+    "refuse_in_loop",
+    "wait_for_owner",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 SHARING = threading.Lock()
 """Held while a channel is being shared, so that it is shared once."""
@@ -97,7 +128,41 @@ def refuse_in_loop(method: str, instead: str) -> None:
         )
 
 
+_LOCK_FREE: set[CodeType] = set()
+"""The code of the functions that run lock-free sections (see `lock_free`)."""
+
+
+def lock_free(function: F) -> F:
+    """Mark ``function`` as running lock-free sections of a channel.
+
+    While such a section runs, the function's local ``_section`` is the
+    channel; otherwise it is unset or None. The function is returned as it
+    is: marking costs nothing when called.
+    """
+    _LOCK_FREE.add(function.__code__)
+    return function
+
+
+def in_lock_free_section(channel: Any) -> bool:
+    """Whether a thread other than this one is in a lock-free section of ``channel``."""
+    me = threading.get_ident()
+    for ident, frame in sys._current_frames().items():
+        if ident == me:
+            continue
+        while frame is not None:
+            if frame.f_code in _LOCK_FREE and frame.f_locals.get("_section") is channel:
+                return True
+            frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
 def wait_for_owner(channel: Any) -> None:
-    """Wait until no section of ``channel``'s owner is under way (``_shared`` is already set)."""
+    """Wait until no unlocked section of ``channel`` is under way (``_shared`` is already set).
+
+    The owner's sections are short and never block, so each wait ends.
+    """
     while channel._busy:
-        time.sleep(0)  # let the owner finish: its sections are short and never block
+        time.sleep(0)
+    channel._general = channel._guarded = True  # again: a claim may have lowered them
+    while in_lock_free_section(channel):
+        time.sleep(0)

@@ -16,11 +16,11 @@ made is always sent to through its ``send``.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Sequence
-from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 from . import _channels_py
 from ._channel_base import is_patched
+from ._threads import lock_free
 from .channels import IMPLEMENTATION, BaseChannel, ChannelMessage
 
 if TYPE_CHECKING:
@@ -142,17 +142,20 @@ class Route:
             "timestamp": None,
         }
 
+    @lock_free
     def deliver_now(self, payload: Any, source: str, trace_id: str, timestamp: float) -> bool:
         """Enqueue ``payload`` as a send through the channel would, if that would not wait.
 
         True when done; False, having sent nothing, when the send could wait
-        or fail, or involves observers or a channel of another kind.
+        or fail, or involves observers or a channel of another kind. Called
+        by a task, it takes the task's lock-free path (see spark/nodes/_threads.py).
         """
         target = self.target
         if target is None or target._observers:
             return False
+        _section: object = target  # a lock-free section of the target
         if target._guarded and (
-            target._shared  # used by threads: the general path takes its lock
+            target._general  # used by threads, or not claimed: the general path
             or target._closed
             or len(target._buffer) - target._receivers_woken + target._senders_woken
             >= target._maxsize  # no room: target._room_taken(), inline
@@ -165,24 +168,17 @@ class Route:
         metadata["source_node"] = source
         metadata["trace_id"] = trace_id
         metadata["timestamp"] = timestamp
-        # What target.send_nowait() does once its checks have passed:
+        # What target.send() does once its checks have passed:
         message = _new_message(_PyMessage)  # all four fields set below: no __init__ call
         message.payload = payload
         message.metadata = metadata
         message.ack = None
         message.is_shutdown = False
-        if get_ident() != target._owner:
-            return False  # another thread's channel: the general path
-        target._busy += 1  # an owner's section (see spark/nodes/_threads.py)
-        try:
-            if target._shared:  # shared since the check above
-                return False
-            target._buffer.append(message)
-            target._unseen += 1
-            if target._receivers:
-                target._wake_receivers()
-        finally:
-            target._busy -= 1
+        target._buffer.append(message)
+        target._unseen += 1
+        if target._receivers:
+            target._wake_receivers()
+        _section = None
         return True
 
 
