@@ -44,7 +44,7 @@ from spark.nodes._threads import (
     SHARING as _SHARING,
     ThreadWaiter as _ThreadWaiter,
     check_timeout as _check_timeout,
-    refuse_in_loop as _refuse_in_loop,
+    blocks_a_loop as _blocks_a_loop,
 )
 from spark.nodes._channel_base import (
     BaseChannel,
@@ -1396,7 +1396,7 @@ cdef class InMemoryChannel(_ObservedChannel):
         cdef _Op op = None
         cdef int how
         if _get_running_loop_or_none() is not None:
-            _refuse_in_loop("blocking_send", "send")  # raises
+            raise _blocks_a_loop("blocking_send", "send")
         deadline = None if timeout is None else _check_timeout(timeout)
         if not _is_message(message):
             raise not_a_message(message)
@@ -1432,7 +1432,7 @@ cdef class InMemoryChannel(_ObservedChannel):
         cdef _Op op = None
         cdef int how
         if _get_running_loop_or_none() is not None:
-            _refuse_in_loop("blocking_receive", "receive")  # raises
+            raise _blocks_a_loop("blocking_receive", "receive")
         deadline = None if timeout is None else _check_timeout(timeout)
         message = None
         how = _enter(self)

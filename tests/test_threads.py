@@ -630,12 +630,11 @@ def test_a_claim_under_way_when_a_thread_shares_does_not_reopen_the_lock_free_pa
     class Pausing(impl.InMemoryChannel):  # type: ignore[name-defined, misc]
         __slots__ = ()
 
-        def _claim(self, locked: bool) -> None:  # inside the first task's counted section
+        def _claim(self) -> None:  # inside the first task's counted section
             if shared == "before the claim looks":
-                if not locked:
-                    share(self)
-                super()._claim(locked)
-            elif not locked and not self._shared:  # what _claim does, shared in between
+                share(self)
+                super()._claim()
+            elif not self._shared:  # what _claim does, shared in between
                 share(self)
                 self._general = self._guarded = False
 
@@ -653,6 +652,80 @@ def test_a_claim_under_way_when_a_thread_shares_does_not_reopen_the_lock_free_pa
         loop.close()
     assert seen == [False]  # the thread waited for the claim's section
     assert channel._shared and channel._general  # the lock-free paths stay off once shared
+
+
+def _shared_and_locked(impl: Any) -> Any:
+    """A shared pure channel whose lock this thread holds."""
+    channel = impl.InMemoryChannel()
+    start_thread(channel.send_nowait, impl.ChannelMessage("shares it")).join(30)
+    assert channel._shared
+    assert channel._enter()  # a locked section, left with channel._leave(True)
+    return channel
+
+
+def test_threads_waiting_for_a_channels_lock_take_it_in_turn(impl):
+    _pure_only(impl)
+    channel = _shared_and_locked(impl)
+    inside: list[str] = []
+
+    def section(name: str) -> None:
+        assert channel._enter()
+        inside.append(name)  # one at a time: nobody else is inside now
+        assert len(inside) == 1, inside
+        time.sleep(0.01)
+        inside.pop()
+        channel._leave(True)
+
+    waiting = [start_thread(section, name) for name in "abcd"]
+    deadline = time.monotonic() + 10
+    while len(channel._lock_waiters) < 4:  # all of them wait, on gates of their own
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    channel._leave(True)
+    for thread in waiting:
+        thread.join(30)
+        assert not thread.is_alive(), "a thread never got the lock"
+    assert not channel._lock_waiters and channel._lock.acquire(False)
+
+
+def test_a_thread_interrupted_while_waiting_for_the_lock_passes_its_turn_on(impl, monkeypatch):
+    _pure_only(impl)
+    from spark.nodes import _threads
+
+    class InterruptedGate:
+        """A gate whose waiter is interrupted just as a release opens it."""
+
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.closed = False
+
+        def acquire(self, *args: Any) -> bool:
+            self.lock.acquire()  # closes it, then waits until a release opens it
+            if not self.closed:
+                self.closed = True
+                return True
+            raise KeyboardInterrupt
+
+        def release(self) -> None:
+            self.lock.release()
+
+    channel = _shared_and_locked(impl)
+    monkeypatch.setattr(_threads, "Lock", InterruptedGate)
+    interrupted = Outcome(_threads.wait_for_lock, channel)
+    deadline = time.monotonic() + 10
+    while len(channel._lock_waiters) < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    monkeypatch.undo()
+    second = Outcome(_threads.wait_for_lock, channel)  # queued behind the interrupted one
+    while len(channel._lock_waiters) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    channel._leave(True)  # opens the first gate: the interrupted thread hands its turn on
+    second.done.wait(10)
+    assert isinstance(interrupted.error, KeyboardInterrupt)
+    assert second.done.is_set() and second.error is None  # it took the lock
+    assert not channel._lock_waiters
 
 
 # -- stress: many threads, random timeouts and cancellations, a close midway -------

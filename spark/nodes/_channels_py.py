@@ -18,10 +18,11 @@ wake-up is never lost and a message is never lost, taken twice or moved.
 from __future__ import annotations
 
 import asyncio
+from asyncio import _get_running_loop
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from threading import RLock, get_ident
+from threading import Lock, RLock, get_ident
 from typing import Any, Generic, TypeVar, Union
 
 from . import _channel_base as _base
@@ -42,9 +43,10 @@ from ._channel_base import (
 from ._threads import (
     SHARING,
     ThreadWaiter,
+    blocks_a_loop,
     check_timeout,
     lock_free,
-    refuse_in_loop,
+    wait_for_lock,
     wait_for_owner,
 )
 
@@ -176,6 +178,7 @@ class InMemoryChannel(BaseChannel[T]):
         "_general",
         "_guarded",
         "_lock",
+        "_lock_waiters",
         "_loop",
         "_loop_thread",
         "_maxsize",
@@ -232,6 +235,7 @@ class InMemoryChannel(BaseChannel[T]):
         self._busy = 0
         self._shared = False
         self._lock: RLock | None = None
+        self._lock_waiters: deque[Lock] = deque()  # threads waiting for ``_lock`` (contended)
         self._loop: asyncio.AbstractEventLoop | None = asyncio._get_running_loop()
         self._loop_thread: int | None = None if self._loop is None else self._owner
         # Whether the tasks' operations must take the general path: the
@@ -265,7 +269,8 @@ class InMemoryChannel(BaseChannel[T]):
         elif self._busy and get_ident() == self._owner:
             self._busy += 1
             return False
-        self._lock.acquire()  # type: ignore[union-attr]
+        if not self._lock.acquire(False):  # type: ignore[union-attr]
+            wait_for_lock(self)
         return True
 
     def _leave(self, locked: bool) -> None:
@@ -283,6 +288,8 @@ class InMemoryChannel(BaseChannel[T]):
             elif loop is not None and loop.is_closed():  # closed before it delivered them
                 dropped = True
         self._lock.release()  # type: ignore[union-attr]
+        if self._lock_waiters:  # one of them may take it now (see wait_for_lock)
+            self._lock_waiters.popleft().release()
         if post:
             try:
                 loop.call_soon_threadsafe(self._deliver_wakes)  # type: ignore[union-attr]
@@ -329,16 +336,16 @@ class InMemoryChannel(BaseChannel[T]):
         try:
             wait_for_owner(self)
         finally:
-            lock.release()
+            self._leave(True)
 
-    def _claim(self, locked: bool) -> None:
-        """A task's general path (inside a section): let the owner's tasks take the fast paths.
+    def _claim(self) -> None:
+        """Let the owner's tasks take the lock-free paths (in a task's unlocked section).
 
-        Only a section of the owner's thread is unlocked (``locked`` False);
-        a task of another thread's loop leaves the channel to the general
-        path, which has shared it.
+        Called from a task's general path when its section is unlocked,
+        which only the owner's thread gets; a task of another thread's loop
+        has shared the channel instead, and leaves it to the general path.
         """
-        if not locked and not self._shared:
+        if not self._shared:
             self._general = False
             self._guarded = bool(self._maxsize) or self._closed
 
@@ -412,7 +419,8 @@ class InMemoryChannel(BaseChannel[T]):
     async def _send_guarded(self, message: ChannelMessage[T]) -> None:
         locked = self._enter()
         try:
-            self._claim(locked)
+            if not locked and self._general:
+                self._claim()
             if self._closed:
                 raise self._closed_error()
             future = self._park(self._senders) if self._no_room() else None
@@ -471,8 +479,9 @@ class InMemoryChannel(BaseChannel[T]):
         seconds (the message is then not enqueued). Raises ``RuntimeError``
         at once if this thread runs an event loop: use ``await send()``.
         """
-        refuse_in_loop("blocking_send", "send")
-        deadline = check_timeout(timeout)
+        if _get_running_loop() is not None:
+            raise blocks_a_loop("blocking_send", "send")
+        deadline = None if timeout is None else check_timeout(timeout)
         if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
             raise not_a_message(message)
         locked = self._enter()
@@ -681,8 +690,9 @@ class InMemoryChannel(BaseChannel[T]):
         was taken). Raises ``RuntimeError`` at once if this thread runs an
         event loop: use ``await receive()``.
         """
-        refuse_in_loop("blocking_receive", "receive")
-        deadline = check_timeout(timeout)
+        if _get_running_loop() is not None:
+            raise blocks_a_loop("blocking_receive", "receive")
+        deadline = None if timeout is None else check_timeout(timeout)
         locked = self._enter()
         try:
             message = self._take_free()
@@ -724,7 +734,8 @@ class InMemoryChannel(BaseChannel[T]):
         """Wait for a message, take up to ``max_items``, wake senders for the room freed."""
         locked = self._enter()
         try:
-            self._claim(locked)
+            if not locked and self._general:
+                self._claim()
             if len(self._buffer) > self._receivers_woken:
                 return self._take_batch(self._take_queued(), max_items)
             if self._closed:
@@ -766,7 +777,8 @@ class InMemoryChannel(BaseChannel[T]):
         """
         locked = self._enter()
         try:
-            self._claim(locked)
+            if not locked and self._general:
+                self._claim()
             message = self._take_free()
             if message is not None:
                 return message

@@ -43,27 +43,27 @@ in the same queue as the tasks' futures.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import sys
-import threading
 import time
 from collections.abc import Callable
+from threading import Lock, get_ident
 from types import CodeType
 from typing import Any, TypeVar
 
 __all__ = [
     "SHARING",
     "ThreadWaiter",
+    "blocks_a_loop",
     "check_timeout",
     "lock_free",
-    "refuse_in_loop",
+    "wait_for_lock",
     "wait_for_owner",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-SHARING = threading.Lock()
+SHARING = Lock()
 """Held while a channel is being shared, so that it is shared once."""
 
 
@@ -78,7 +78,7 @@ class ThreadWaiter:
     __slots__ = ("_done", "_gate", "_result")
 
     def __init__(self) -> None:
-        self._gate = threading.Lock()
+        self._gate = Lock()
         self._gate.acquire()
         self._done = False
         self._result: Any = None
@@ -118,14 +118,45 @@ def check_timeout(timeout: object) -> float | None:
     return time.monotonic() + timeout
 
 
-def refuse_in_loop(method: str, instead: str) -> None:
-    """Raise ``RuntimeError`` if this thread runs an event loop: blocking it would deadlock."""
-    if asyncio._get_running_loop() is not None:
-        raise RuntimeError(
-            f"{method}() blocks its thread, and this thread runs an event loop; "
-            f"use 'await channel.{instead}(...)' here, or call {method}() from another "
-            f"thread (e.g. 'await asyncio.to_thread(channel.{method}, ...)')"
-        )
+def blocks_a_loop(method: str, instead: str) -> RuntimeError:
+    """The error for ``method`` called on a thread that runs an event loop (it would deadlock)."""
+    return RuntimeError(
+        f"{method}() blocks its thread, and this thread runs an event loop; "
+        f"use 'await channel.{instead}(...)' here, or call {method}() from another "
+        f"thread (e.g. 'await asyncio.to_thread(channel.{method}, ...)')"
+    )
+
+
+def wait_for_lock(channel: Any) -> None:
+    """Take ``channel._lock``, held by another thread, without a lock convoy.
+
+    A blocking ``acquire`` would take the lock as soon as it is free, then
+    hold it while its thread waits for the GIL: the other thread, which has
+    the GIL, would then find it taken at its next section, and so on, a
+    GIL hand-off per section. Here a thread only takes the lock when it has
+    the GIL; until then it waits on a gate of its own, which each release
+    opens for one waiter, to try again.
+    """
+    gate = Lock()
+    gate.acquire()
+    waiters = channel._lock_waiters
+    while True:
+        waiters.append(gate)  # before trying: a release after the try opens the gate
+        if channel._lock.acquire(False):
+            try:
+                waiters.remove(gate)
+            except ValueError:  # a release opened it meanwhile; it is not used again
+                pass
+            return
+        try:
+            gate.acquire()
+        except BaseException:  # KeyboardInterrupt: a release that opened the gate goes on
+            try:
+                waiters.remove(gate)
+            except ValueError:  # a release opened the gate for this thread: pass that on
+                if waiters:
+                    waiters.popleft().release()
+            raise
 
 
 _LOCK_FREE: set[CodeType] = set()
@@ -145,7 +176,7 @@ def lock_free(function: F) -> F:
 
 def in_lock_free_section(channel: Any) -> bool:
     """Whether a thread other than this one is in a lock-free section of ``channel``."""
-    me = threading.get_ident()
+    me = get_ident()
     for ident, frame in sys._current_frames().items():
         if ident == me:
             continue
