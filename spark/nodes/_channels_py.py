@@ -412,8 +412,8 @@ class InMemoryChannel(BaseChannel[T]):
         self._unseen += 1
         if self._receivers:
             self._wake_receivers()
-        _section = None
         if self._observers:
+            _section = None
             await self._notify_observers(message, "send")
 
     async def _send_guarded(self, message: ChannelMessage[T]) -> None:
@@ -467,8 +467,8 @@ class InMemoryChannel(BaseChannel[T]):
             self._unseen += 1
             if self._receivers:
                 self._wake_receivers()
-            _section = None
         if self._observers:
+            _section = None
             self._notify_observers_nowait(message, "send", self._loop)
 
     def blocking_send(self, message: ChannelMessage[T], timeout: float | None = None) -> None:
@@ -612,11 +612,11 @@ class InMemoryChannel(BaseChannel[T]):
             message = buffer.popleft()
             if self._senders:
                 self._wake_senders()
-            _section = None
         else:
             _section = None
             message = await self._wait_for_message()
         if self._observers:
+            _section = None
             await self._notify_observers(message, "receive")
         return message
 
@@ -643,7 +643,6 @@ class InMemoryChannel(BaseChannel[T]):
             message = buffer.popleft()
             if self._senders:
                 self._wake_senders()
-            _section = None
         else:
             _section = None
             locked = self._enter()  # (shares the channel first, for another thread)
@@ -656,6 +655,7 @@ class InMemoryChannel(BaseChannel[T]):
             finally:
                 self._leave(locked)
         if self._observers:
+            _section = None
             self._notify_observers_nowait(message, "receive", self._loop)
         return message
 
@@ -679,7 +679,6 @@ class InMemoryChannel(BaseChannel[T]):
         message = buffer.popleft()
         if self._senders:
             self._wake_senders()
-        _section = None
         return message
 
     def blocking_receive(self, timeout: float | None = None) -> ChannelMessage[T]:

@@ -166,9 +166,11 @@ _LOCK_FREE: set[CodeType] = set()
 def lock_free(function: F) -> F:
     """Mark ``function`` as running lock-free sections of a channel.
 
-    While such a section runs, the function's local ``_section`` is the
-    channel; otherwise it is unset or None. The function is returned as it
-    is: marking costs nothing when called.
+    The function sets its local ``_section`` to the channel before its
+    section reads the channel's state. The section ends when the function
+    returns or sets ``_section`` to None, which it does before anything that
+    may wait, take the channel's lock or run the user's code (observers).
+    The function is returned as it is: marking costs nothing when called.
     """
     _LOCK_FREE.add(function.__code__)
     return function

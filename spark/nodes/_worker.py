@@ -178,7 +178,6 @@ class Route:
         target._unseen += 1
         if target._receivers:
             target._wake_receivers()
-        _section = None
         return True
 
 
