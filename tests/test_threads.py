@@ -551,7 +551,7 @@ def test_a_channel_made_before_its_loop_runs_serves_its_tasks(impl, loop_kind):
     finally:
         loop.close()
     if impl.name == "python":
-        assert not channel._shared and not channel._general  # its tasks take the lock-free paths
+        assert not channel._shared and channel._loop is loop  # its tasks took the lock-free paths
 
 
 @pytest.mark.timeout_s(120)
@@ -609,49 +609,86 @@ async def test_a_thread_waits_for_a_lock_free_section_under_way_before_it_shares
     assert (await asyncio.wait_for(receiving, 5)).payload == "task"
     await until(lambda: channel.qsize() == 1)
     assert order == ["thread waited", "section ended"]
-    assert channel._shared and channel._general
+    assert channel._shared
     assert (await channel.receive()).payload == "thread"
     assert channel.stats().sent == channel.stats().received == 2
 
 
+async def test_a_task_of_another_threads_loop_wakes_a_waiting_task(impl, loop_name):
+    channel = impl.InMemoryChannel()  # made here: this loop's tasks take its fast paths
+    other = LOOPS[loop_name]()
+    runner = start_thread(other.run_forever)
+    try:
+        receiving = asyncio.ensure_future(channel.receive())
+        await settle()  # it waits
+        sent = asyncio.run_coroutine_threadsafe(channel.send(impl.ChannelMessage("m")), other)
+        assert (await asyncio.wait_for(receiving, 5)).payload == "m"  # woken through this loop
+        sent.result(5)
+    finally:
+        other.call_soon_threadsafe(other.stop)
+        runner.join(30)
+        other.close()
+
+
+@pytest.mark.timeout_s(120)
+async def test_tasks_of_another_threads_loop_receive_all_this_loop_sends(impl, loop_name):
+    count = 20_000
+    channel = impl.InMemoryChannel(maxsize=8)
+    other = LOOPS[loop_name]()
+    runner = start_thread(other.run_forever)
+
+    async def consume() -> list[Any]:
+        return [(await channel.receive()).payload for _ in range(count)]
+
+    try:
+        consumed = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(consume(), other))
+        for i in range(count):
+            await channel.send(impl.ChannelMessage(i))
+        assert await asyncio.wait_for(consumed, 60) == list(range(count))
+    finally:
+        other.call_soon_threadsafe(other.stop)
+        runner.join(30)
+        other.close()
+    stats = channel.stats()
+    assert stats.sent == stats.received == count and stats.peak_size <= 8
+
+
 @pytest.mark.parametrize("loop_kind", list(LOOPS))
-@pytest.mark.parametrize("shared", ["before the claim looks", "after it looked"])
-def test_a_claim_under_way_when_a_thread_shares_does_not_reopen_the_lock_free_paths(
-    impl, loop_kind, shared
-):
+def test_the_channel_used_inside_a_lock_free_section_while_a_thread_shares_it(impl, loop_kind):
+    """A signal handler or a finalizer may use the channel in the middle of a section."""
     _pure_only(impl)
-    seen: list[bool] = []
 
-    def share(channel: Any) -> None:
-        sharer = Outcome(channel.send_nowait, impl.ChannelMessage("thread"))
-        sharer.thread.join(0.2)  # a thread that went ahead would be done by now
-        seen.append(sharer.done.is_set())
-
-    class Pausing(impl.InMemoryChannel):  # type: ignore[name-defined, misc]
+    class Interrupted(impl.InMemoryChannel):  # type: ignore[name-defined, misc]
         __slots__ = ()
 
-        def _claim(self) -> None:  # inside the first task's counted section
-            if shared == "before the claim looks":
-                share(self)
-                super()._claim()
-            elif not self._shared:  # what _claim does, shared in between
-                share(self)
-                self._general = self._guarded = False
+        def _wake_receivers(self) -> None:  # inside send()'s lock-free section
+            if self._shared:
+                return super()._wake_receivers()  # not this test's section
+            start_thread(self.send_nowait, impl.ChannelMessage("thread"))  # shares it
+            deadline = time.monotonic() + 5
+            while not self._shared and time.monotonic() < deadline:
+                time.sleep(0.001)
+            time.sleep(0.05)  # the sharing thread waits for this section now
+            self.send_nowait(impl.ChannelMessage("handler"))  # as Node.stop() from a handler
+            super()._wake_receivers()
 
-    channel = Pausing()  # made outside any loop: the first task's general path claims it
+    received: list[Any] = []
 
-    async def use() -> list[Any]:
+    async def owner() -> None:
+        channel = Interrupted()
+        receiving = asyncio.ensure_future(channel.receive())
+        await settle()
         await channel.send(impl.ChannelMessage("task"))
+        received.append((await receiving).payload)
         await until(lambda: channel.qsize() == 2)
-        return [(await channel.receive()).payload for _ in range(2)]
+        received.extend(m.payload for m in await channel.receive_many(5))
 
     loop = LOOPS[loop_kind]()
-    try:
-        assert loop.run_until_complete(use()) == ["task", "thread"]
-    finally:
-        loop.close()
-    assert seen == [False]  # the thread waited for the claim's section
-    assert channel._shared and channel._general  # the lock-free paths stay off once shared
+    thread = start_thread(loop.run_until_complete, owner())  # joined with a timeout below
+    thread.join(20)
+    assert not thread.is_alive(), "the owner's thread and the sharing thread deadlocked"
+    loop.close()
+    assert received == ["task", "handler", "thread"]
 
 
 def _shared_and_locked(impl: Any) -> Any:

@@ -45,6 +45,7 @@ from ._threads import (
     ThreadWaiter,
     blocks_a_loop,
     check_timeout,
+    inside_lock_free_section,
     lock_free,
     wait_for_lock,
     wait_for_owner,
@@ -175,7 +176,6 @@ class InMemoryChannel(BaseChannel[T]):
     __slots__ = (
         "_buffer",
         "_busy",
-        "_general",
         "_guarded",
         "_lock",
         "_lock_waiters",
@@ -226,11 +226,12 @@ class InMemoryChannel(BaseChannel[T]):
         self._sent = 0
         self._unseen = 0
         self._peak_size = 0
-        # Threads (see spark/nodes/_threads.py): the owner's sections under
-        # way, whether another thread has used the channel (then every
-        # section holds ``_lock``), the loop whose tasks wait here and its
-        # thread, and the wake-ups of those tasks recorded by other threads
-        # (``_posted`` once the loop was asked to deliver them).
+        # Threads (see spark/nodes/_threads.py): the owner's counted sections
+        # under way, whether another thread has used the channel (then every
+        # section holds ``_lock``), the loop whose tasks wait here (and,
+        # unshared, take the fast paths) and its thread, and the wake-ups of
+        # those tasks recorded by other threads (``_posted`` once the loop
+        # was asked to deliver them).
         self._owner = get_ident()
         self._busy = 0
         self._shared = False
@@ -238,13 +239,9 @@ class InMemoryChannel(BaseChannel[T]):
         self._lock_waiters: deque[Lock] = deque()  # threads waiting for ``_lock`` (contended)
         self._loop: asyncio.AbstractEventLoop | None = asyncio._get_running_loop()
         self._loop_thread: int | None = None if self._loop is None else self._owner
-        # Whether the tasks' operations must take the general path: the
-        # channel is shared, or not yet claimed by a task of the owner's
-        # thread (a channel made in a running loop is). And whether a send
-        # must: that, or the channel is bounded or closed. One test on the
-        # path of an open unbounded channel.
-        self._general = self._loop is None
-        self._guarded = self._general or bool(self._maxsize)
+        # Whether a send must take the general path: the channel is bounded,
+        # closed or shared. One test on the path of an open unbounded channel.
+        self._guarded = bool(self._maxsize)
         self._wakes: list[tuple[Waiter, Any, bool]] = []
         self._posted = False
 
@@ -255,8 +252,10 @@ class InMemoryChannel(BaseChannel[T]):
 
         The owner's sections are counted and take no lock while the channel
         is not shared; a section of another thread shares it first. Once
-        shared, sections hold the lock, except one nested in a counted
-        section of the owner (which goes on as it began).
+        shared, sections hold the lock, except one nested in a section of
+        the owner begun before the sharing (which goes on as it began): in
+        a counted one, or in a lock-free one (a signal handler or a
+        finalizer using the channel in the middle of it).
         """
         if not self._shared:
             if get_ident() != self._owner:
@@ -270,6 +269,9 @@ class InMemoryChannel(BaseChannel[T]):
             self._busy += 1
             return False
         if not self._lock.acquire(False):  # type: ignore[union-attr]
+            if get_ident() == self._owner and inside_lock_free_section(self):
+                self._busy += 1  # the sharing thread waits for that section
+                return False
             wait_for_lock(self)
         return True
 
@@ -332,22 +334,24 @@ class InMemoryChannel(BaseChannel[T]):
             lock = RLock()
             lock.acquire()  # sections that see _shared wait until the owner's are done
             self._lock = lock
-            self._shared = self._general = self._guarded = True
+            self._shared = self._guarded = True
         try:
             wait_for_owner(self)
         finally:
             self._leave(True)
 
     def _claim(self) -> None:
-        """Let the owner's tasks take the lock-free paths (in a task's unlocked section).
+        """Let the running loop's tasks take the lock-free paths (in an owner's section).
 
         Called from a task's general path when its section is unlocked,
-        which only the owner's thread gets; a task of another thread's loop
-        has shared the channel instead, and leaves it to the general path.
+        which only the owner's thread gets: the fast paths are for the tasks
+        of ``_loop``, so they run on the owner's thread. A task of another
+        thread's loop has shared the channel instead.
         """
-        if not self._shared:
-            self._general = False
-            self._guarded = bool(self._maxsize) or self._closed
+        loop = _get_running_loop()
+        if loop is not self._loop:
+            self._loop = loop
+            self._loop_thread = self._owner
 
     def _resolve(self, waiter: Waiter, value: Any, receiving: bool) -> None:
         """Wake ``waiter`` with ``value``, or record it for the loop if it is a task's future."""
@@ -400,10 +404,13 @@ class InMemoryChannel(BaseChannel[T]):
         if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
             raise not_a_message(message)
         _section: object = self  # a lock-free section (see spark/nodes/_threads.py)
-        if self._guarded and (  # bounded, closed, shared or not claimed
-            self._general
-            or self._closed
-            or len(self._buffer) - self._receivers_woken + self._senders_woken >= self._maxsize
+        if _get_running_loop() is not self._loop or (  # a task of another loop
+            self._guarded  # bounded, closed or shared
+            and (
+                self._shared
+                or self._closed
+                or len(self._buffer) - self._receivers_woken + self._senders_woken >= self._maxsize
+            )
         ):  # (no room: ``_room_taken()``, inline on this path)
             _section = None
             await self._send_guarded(message)
@@ -419,7 +426,7 @@ class InMemoryChannel(BaseChannel[T]):
     async def _send_guarded(self, message: ChannelMessage[T]) -> None:
         locked = self._enter()
         try:
-            if not locked and self._general:
+            if not locked:
                 self._claim()
             if self._closed:
                 raise self._closed_error()
@@ -447,7 +454,7 @@ class InMemoryChannel(BaseChannel[T]):
         if get_ident() != self._owner or (
             self._guarded
             and (
-                self._general
+                self._shared
                 or self._closed
                 or len(self._buffer) - self._receivers_woken + self._senders_woken >= self._maxsize
             )
@@ -603,7 +610,12 @@ class InMemoryChannel(BaseChannel[T]):
         """
         _section: object = self  # a lock-free section (see spark/nodes/_threads.py)
         buffer = self._buffer
-        if buffer and not self._receivers_woken and not self._general:
+        if (
+            buffer
+            and not self._receivers_woken
+            and not self._shared
+            and _get_running_loop() is self._loop  # not a task of another loop
+        ):
             if self._unseen:  # the first receive after sends: the size may be a new peak
                 self._sent += self._unseen
                 self._unseen = 0
@@ -630,10 +642,7 @@ class InMemoryChannel(BaseChannel[T]):
         _section: object = self  # a lock-free section (see spark/nodes/_threads.py)
         buffer = self._buffer
         if (
-            buffer
-            and not self._receivers_woken
-            and not self._general
-            and get_ident() == self._owner
+            buffer and not self._receivers_woken and not self._shared and get_ident() == self._owner
         ):  # the common case, as in receive()
             if self._unseen:
                 self._sent += self._unseen
@@ -660,16 +669,17 @@ class InMemoryChannel(BaseChannel[T]):
         return message
 
     @lock_free
-    def _receive_now(self) -> ChannelMessage[T] | None:
-        """For a task: what ``receive()`` would return without waiting, observers aside.
+    def _receive_now(self, loop: asyncio.AbstractEventLoop) -> ChannelMessage[T] | None:
+        """For a task of ``loop``: what ``receive()`` would return at once, observers aside.
 
         None when it would wait, or take the general path (the channel is
-        shared or not claimed yet). The node loop's shortcut, for a mailbox
-        without observers.
+        shared, or its tasks are another loop's). The node loop's shortcut,
+        for a mailbox without observers; the loop, which a task cannot
+        change, is looked up once by the caller.
         """
         _section: object = self  # a lock-free section (see spark/nodes/_threads.py)
         buffer = self._buffer
-        if not buffer or self._receivers_woken or self._general:
+        if not buffer or self._receivers_woken or self._shared or loop is not self._loop:
             return None
         if self._unseen:  # as in receive()
             self._sent += self._unseen
@@ -733,7 +743,7 @@ class InMemoryChannel(BaseChannel[T]):
         """Wait for a message, take up to ``max_items``, wake senders for the room freed."""
         locked = self._enter()
         try:
-            if not locked and self._general:
+            if not locked:
                 self._claim()
             if len(self._buffer) > self._receivers_woken:
                 return self._take_batch(self._take_queued(), max_items)
@@ -776,7 +786,7 @@ class InMemoryChannel(BaseChannel[T]):
         """
         locked = self._enter()
         try:
-            if not locked and self._general:
+            if not locked:
                 self._claim()
             message = self._take_free()
             if message is not None:

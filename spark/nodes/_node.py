@@ -309,6 +309,7 @@ class Node:
                 return
             state = self._state
             mailbox = self.mailbox
+            loop = asyncio.get_running_loop()  # this task's, for the shortcuts' check
             # A queued message is taken without an await from a pure in-memory
             # mailbox without observers (whose receive would not wait either).
             receive_now = (
@@ -324,7 +325,7 @@ class Node:
             while not state.stop_requested:
                 message = None
                 if receive_now is not None and not mailbox._observers:
-                    message = receive_now()  # None: the receive below
+                    message = receive_now(loop)  # None: the receive below
                 if message is None:
                     result = None  # hold nothing of the last message while waiting
                     if unsettled_acks and empty_or_unknown(mailbox):  # a receive may wait
@@ -365,7 +366,9 @@ class Node:
                                 timestamp = _monotonic()
                                 sent = 0
                                 for route in here:  # _send_along(), until a send must wait
-                                    if not route.deliver_now(result, source, trace_id, timestamp):
+                                    if not route.deliver_now(
+                                        result, source, trace_id, timestamp, loop
+                                    ):
                                         await self._send_along(
                                             here[sent:], result, trace_id, timestamp
                                         )
@@ -493,8 +496,9 @@ class Node:
     ) -> None:
         """Send ``payload`` along each route in order, with this node's tracing keys."""
         source = self._id
+        loop = asyncio.get_running_loop()
         for route in outgoing:
-            if not route.deliver_now(payload, source, trace_id, timestamp):
+            if not route.deliver_now(payload, source, trace_id, timestamp, loop):
                 metadata = {"source_node": source, "trace_id": trace_id, "timestamp": timestamp}
                 await route.channel.send(route.message_type(payload, metadata))
 

@@ -6,31 +6,35 @@ sections:
 
 * the general path of an operation (``_enter`` ... ``_leave``), counted in
   ``_busy`` while it runs;
-* the lock-free fast paths of the tasks' operations (``send``, ``receive``
-  and the node loop's shortcuts, marked with `lock_free`), which cost no
+* the lock-free fast paths (``send``, ``receive``, ``*_nowait`` and the
+  node loop's shortcuts, marked with `lock_free`), which cost no
   bookkeeping: each keeps the channel in its local ``_section`` while its
   section runs, where a sharing thread can see it in the thread's frames.
 
-The tasks of the owner's thread take the fast paths once one of them has
-*claimed* the channel (its first general path does; a channel created in
-a running loop is claimed from the start). Until then, and once shared,
-``_general`` sends them down the general path, which checks the thread.
-Synchronous operations (``*_nowait``) check the thread every time, since
-any thread may call them.
+Each fast path checks that it runs on the owner's thread: a synchronous
+one (``*_nowait``) asks for the thread, since any thread may call it; a
+task's checks that its running loop is ``_loop``, which only the owner's
+thread binds (a channel made in a running loop is bound to it, and a
+task's first general path on the owner's thread binds it, ``_claim``),
+so the tasks of another thread's loop take the general path.
 
 The first section of another thread *shares* the channel (once, under
-`SHARING`): it makes the channel's lock, takes it, raises ``_shared`` (and
-the flags that turn the fast paths off), and waits, holding the lock,
-until no section of the owner is under way: first until ``_busy == 0``,
-then, having raised the flags again (a claim that ended meanwhile may have
-lowered them), until no thread's frames hold a fast section of the channel.
-From then on every section, on any thread, holds the lock (re-entrant; a
-section nested in a counted section of the owner begun before the sharing
-goes on unlocked, as it began). An owner section raises ``_busy`` (or
-``_section``) before it reads the flags and the sharing thread raises them
-before it looks; as threads run one at a time under the GIL, one of them
-sees the other, so no unlocked section overlaps a locked one. A fast
-section never waits and never begins another section, so the wait ends.
+`SHARING`): it makes the channel's lock, takes it, raises ``_shared``, and
+waits, holding the lock, until no section of the owner is under way:
+until ``_busy == 0``, then until no other thread's frames hold a fast
+section of the channel. From then on every section, on any thread, holds
+the lock (re-entrant), except one of the owner nested in a section begun
+before the sharing, which goes on unlocked, as the outer one does: nested
+in a counted section, or in a fast one (a signal handler, a finalizer or
+a weakref callback using the channel in its middle). An owner section
+raises ``_busy`` (or ``_section``) before it reads ``_shared`` and the
+sharing thread raises ``_shared`` before it looks; as threads run one at
+a time under the GIL, one of them sees the other, so no unlocked section
+overlaps a locked one. A fast section never waits, so the wait ends.
+
+A thread that finds the lock taken waits for it on a gate of its own
+(`wait_for_lock`), so that it never holds the lock while it waits for the
+GIL (a lock convoy).
 
 A task blocked on the channel waits on a loop future, which only its
 loop's thread may resolve: a section on another thread records the
@@ -48,7 +52,7 @@ import sys
 import time
 from collections.abc import Callable
 from threading import Lock, get_ident
-from types import CodeType
+from types import CodeType, FrameType
 from typing import Any, TypeVar
 
 __all__ = [
@@ -56,6 +60,7 @@ __all__ = [
     "ThreadWaiter",
     "blocks_a_loop",
     "check_timeout",
+    "inside_lock_free_section",
     "lock_free",
     "wait_for_lock",
     "wait_for_owner",
@@ -179,13 +184,28 @@ def lock_free(function: F) -> F:
 def in_lock_free_section(channel: Any) -> bool:
     """Whether a thread other than this one is in a lock-free section of ``channel``."""
     me = get_ident()
-    for ident, frame in sys._current_frames().items():
-        if ident == me:
-            continue
-        while frame is not None:
-            if frame.f_code in _LOCK_FREE and frame.f_locals.get("_section") is channel:
-                return True
-            frame = frame.f_back  # type: ignore[assignment]
+    return any(
+        _holds_section(frame, channel)
+        for ident, frame in sys._current_frames().items()
+        if ident != me
+    )
+
+
+def inside_lock_free_section(channel: Any) -> bool:
+    """Whether this thread runs inside a lock-free section of ``channel``.
+
+    It does when a signal handler, a finalizer or a weakref callback runs
+    in the middle of the section and uses the channel.
+    """
+    return _holds_section(sys._getframe(1), channel)
+
+
+def _holds_section(frame: FrameType | None, channel: Any) -> bool:
+    """Whether ``frame`` or one of its callers is in a lock-free section of ``channel``."""
+    while frame is not None:
+        if frame.f_code in _LOCK_FREE and frame.f_locals.get("_section") is channel:
+            return True
+        frame = frame.f_back
     return False
 
 
@@ -196,6 +216,5 @@ def wait_for_owner(channel: Any) -> None:
     """
     while channel._busy:
         time.sleep(0)
-    channel._general = channel._guarded = True  # again: a claim may have lowered them
     while in_lock_free_section(channel):
         time.sleep(0)

@@ -15,6 +15,7 @@ made is always sent to through its ``send``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -143,22 +144,33 @@ class Route:
         }
 
     @lock_free
-    def deliver_now(self, payload: Any, source: str, trace_id: str, timestamp: float) -> bool:
+    def deliver_now(
+        self,
+        payload: Any,
+        source: str,
+        trace_id: str,
+        timestamp: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> bool:
         """Enqueue ``payload`` as a send through the channel would, if that would not wait.
 
-        True when done; False, having sent nothing, when the send could wait
-        or fail, or involves observers or a channel of another kind. Called
-        by a task, it takes the task's lock-free path (see spark/nodes/_threads.py).
+        For a task of ``loop`` (running), looked up once by the caller. True
+        when done; False, having sent nothing, when the send could wait or
+        fail, or involves observers or a channel of another kind, or the
+        target's tasks are another loop's (see spark/nodes/_threads.py).
         """
         target = self.target
         if target is None or target._observers:
             return False
         _section: object = target  # a lock-free section of the target
-        if target._guarded and (
-            target._general  # used by threads, or not claimed: the general path
-            or target._closed
-            or len(target._buffer) - target._receivers_woken + target._senders_woken
-            >= target._maxsize  # no room: target._room_taken(), inline
+        if loop is not target._loop or (
+            target._guarded
+            and (
+                target._shared  # used by threads: the general path takes its lock
+                or target._closed
+                or len(target._buffer) - target._receivers_woken + target._senders_woken
+                >= target._maxsize  # no room: target._room_taken(), inline
+            )
         ):
             return False  # the send would raise ChannelClosed, or wait
         forwarder = self.forwarder
