@@ -47,6 +47,7 @@ from ._threads import (
     check_timeout,
     inside_lock_free_section,
     lock_free,
+    open_one_gate,
     wait_for_lock,
     wait_for_owner,
 )
@@ -290,8 +291,8 @@ class InMemoryChannel(BaseChannel[T]):
             elif loop is not None and loop.is_closed():  # closed before it delivered them
                 dropped = True
         self._lock.release()  # type: ignore[union-attr]
-        if self._lock_waiters:  # one of them may take it now (see wait_for_lock)
-            self._lock_waiters.popleft().release()
+        if self._lock_waiters:  # one of them may take it now
+            open_one_gate(self._lock_waiters)
         if post:
             try:
                 loop.call_soon_threadsafe(self._deliver_wakes)  # type: ignore[union-attr]

@@ -50,6 +50,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from threading import Lock, get_ident
 from types import CodeType, FrameType
@@ -62,6 +63,7 @@ __all__ = [
     "check_timeout",
     "inside_lock_free_section",
     "lock_free",
+    "open_one_gate",
     "wait_for_lock",
     "wait_for_owner",
 ]
@@ -159,9 +161,16 @@ def wait_for_lock(channel: Any) -> None:
             try:
                 waiters.remove(gate)
             except ValueError:  # a release opened the gate for this thread: pass that on
-                if waiters:
-                    waiters.popleft().release()
+                open_one_gate(waiters)
             raise
+
+
+def open_one_gate(waiters: deque[Any]) -> None:
+    """Let the first thread waiting for a channel's lock try again (see `wait_for_lock`)."""
+    try:
+        waiters.popleft().release()
+    except IndexError:  # the queue was emptied meanwhile: nobody waits
+        pass
 
 
 _LOCK_FREE: set[CodeType] = set()
