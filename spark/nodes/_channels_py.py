@@ -192,6 +192,7 @@ class InMemoryChannel(BaseChannel[T]):
         "_senders_woken",
         "_sent",
         "_shared",
+        "_sharing",
         "_unseen",
         "_wakes",
     )
@@ -236,6 +237,7 @@ class InMemoryChannel(BaseChannel[T]):
         self._owner = get_ident()
         self._busy = 0
         self._shared = False
+        self._sharing = False  # while the sharing thread waits for the owner's sections
         self._lock: RLock | None = None
         self._lock_waiters: deque[Lock] = deque()  # threads waiting for ``_lock`` (contended)
         self._loop: asyncio.AbstractEventLoop | None = asyncio._get_running_loop()
@@ -270,7 +272,7 @@ class InMemoryChannel(BaseChannel[T]):
             self._busy += 1
             return False
         if not self._lock.acquire(False):  # type: ignore[union-attr]
-            if get_ident() == self._owner and inside_lock_free_section(self):
+            if self._sharing and get_ident() == self._owner and inside_lock_free_section(self):
                 self._busy += 1  # the sharing thread waits for that section
                 return False
             wait_for_lock(self)
@@ -335,10 +337,11 @@ class InMemoryChannel(BaseChannel[T]):
             lock = RLock()
             lock.acquire()  # sections that see _shared wait until the owner's are done
             self._lock = lock
-            self._shared = self._guarded = True
+            self._shared = self._guarded = self._sharing = True
         try:
             wait_for_owner(self)
         finally:
+            self._sharing = False
             self._leave(True)
 
     def _claim(self) -> None:
@@ -405,14 +408,14 @@ class InMemoryChannel(BaseChannel[T]):
         if type(message) is not ChannelMessage and not isinstance(message, _base.message_types):
             raise not_a_message(message)
         _section: object = self  # a lock-free section (see spark/nodes/_threads.py)
-        if _get_running_loop() is not self._loop or (  # a task of another loop
+        if (
             self._guarded  # bounded, closed or shared
             and (
                 self._shared
                 or self._closed
                 or len(self._buffer) - self._receivers_woken + self._senders_woken >= self._maxsize
-            )
-        ):  # (no room: ``_room_taken()``, inline on this path)
+            )  # (no room: ``_room_taken()``, inline on this path)
+        ) or _get_running_loop() is not self._loop:  # a task of another loop
             _section = None
             await self._send_guarded(message)
             return
