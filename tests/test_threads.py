@@ -31,6 +31,14 @@ async def join(*threads: threading.Thread) -> None:
         assert not thread.is_alive(), "a thread did not finish"
 
 
+def wait_for(condition: Any, seconds: float = 10) -> None:
+    """Block this thread until ``condition()`` holds (another thread makes it so)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for another thread"
+        time.sleep(0.001)
+
+
 async def until(condition: Any, seconds: float = 10) -> None:
     """Let the loop run until ``condition()`` holds (another thread makes it so)."""
     deadline = time.monotonic() + seconds
@@ -665,9 +673,7 @@ def test_the_channel_used_inside_a_lock_free_section_while_a_thread_shares_it(im
             if self._shared:
                 return super()._wake_receivers()  # not this test's section
             start_thread(self.send_nowait, impl.ChannelMessage("thread"))  # shares it
-            deadline = time.monotonic() + 5
-            while not self._shared and time.monotonic() < deadline:
-                time.sleep(0.001)
+            wait_for(lambda: self._shared)
             time.sleep(0.05)  # the sharing thread waits for this section now
             self.send_nowait(impl.ChannelMessage("handler"))  # as Node.stop() from a handler
             super()._wake_receivers()
@@ -714,10 +720,7 @@ def test_threads_waiting_for_a_channels_lock_take_it_in_turn(impl):
         channel._leave(True)
 
     waiting = [start_thread(section, name) for name in "abcd"]
-    deadline = time.monotonic() + 10
-    while len(channel._lock_waiters) < 4:  # all of them wait, on gates of their own
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    wait_for(lambda: len(channel._lock_waiters) == 4)  # all wait, on gates of their own
     channel._leave(True)
     for thread in waiting:
         thread.join(30)
@@ -749,15 +752,10 @@ def test_a_thread_interrupted_while_waiting_for_the_lock_passes_its_turn_on(impl
     channel = _shared_and_locked(impl)
     monkeypatch.setattr(_threads, "Lock", InterruptedGate)
     interrupted = Outcome(_threads.wait_for_lock, channel)
-    deadline = time.monotonic() + 10
-    while len(channel._lock_waiters) < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    wait_for(lambda: len(channel._lock_waiters) == 1)
     monkeypatch.undo()
     second = Outcome(_threads.wait_for_lock, channel)  # queued behind the interrupted one
-    while len(channel._lock_waiters) < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    wait_for(lambda: len(channel._lock_waiters) == 2)
     channel._leave(True)  # opens the first gate: the interrupted thread hands its turn on
     second.done.wait(10)
     assert isinstance(interrupted.error, KeyboardInterrupt)
